@@ -1,0 +1,78 @@
+# sonic-pipeline. The two set-up commands: `make demo` (the main job) and `make test`.
+# Every target installs what it needs first; nothing has to be installed by hand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+POOL   ?= all
+PYTEST_ARGS ?=
+
+.PHONY: help demo test test-fast up down status topics db worker bridge flower bench \
+        bench-bridge bench-engine lint clean venv
+
+help:
+	@echo "make demo          bring up the stack and render the bundled sample job end to end"
+	@echo "make test          bring up the stack and run the whole test suite"
+	@echo "make up|down|status  the local Kafka / Redis / PostgreSQL stack"
+	@echo "make worker [POOL=all|gpu|cpu|io]   Celery workers;  make bridge;  make flower"
+	@echo "make bench         benchmarks (figures and ratios against a baseline)"
+
+venv: $(VENV)/.installed
+
+# torch (the gpu extra) is only imported by the gpu worker; the test suite runs the
+# built-in engine on CPU, so it is installed here too.
+$(VENV)/.installed: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,gpu]"
+	touch $@
+
+# Kafka, Redis, PostgreSQL (ops/stack.py) and MinIO, the S3-compatible store (ops/s3.py).
+up: venv
+	$(PY) ops/stack.py up
+	$(PY) ops/s3.py up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) ops/s3.py down; $(PY) ops/stack.py down; fi
+
+status: venv
+	$(PY) ops/stack.py status
+	$(PY) ops/s3.py status
+
+topics: venv
+	$(PY) ops/stack.py topics
+
+db: up
+	$(PY) -m pipeline.cli db upgrade
+
+test: db
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: db
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: db
+	$(PY) ops/demo.py
+
+worker: db
+	$(PY) -m pipeline.cli worker --pool $(POOL)
+
+bridge: db
+	$(PY) -m bridge
+
+flower: venv
+	$(PY) -m pipeline.cli flower
+
+bench: bench-bridge bench-engine
+
+bench-bridge: db
+	$(PY) tests/bench/bench_bridge.py
+
+bench-engine: venv
+	$(PY) tests/bench/bench_engine.py
+
+lint: venv
+	$(PY) -m pyflakes pipeline bridge tasks ops tests migrations
+
+clean: down
+	rm -rf .state

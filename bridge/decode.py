@@ -1,0 +1,82 @@
+"""Step 1: decode and validate each record into a task row, or a rejection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka.consumer.fetcher import ConsumerRecord
+
+from pipeline.errors import InvalidMessage
+from bridge.urls import CallbackChecks, InputChecks
+from pipeline.jobs import UrlCheck, decode, default_checks
+from pipeline.settings import Settings
+from pipeline.state.admission import RejectRow
+
+
+@dataclass(frozen=True)
+class Rejection:
+    record: ConsumerRecord
+    error: InvalidMessage
+
+    def row(self) -> RejectRow | None:
+        """The ``rejected`` task row, when the message named a task id."""
+        if self.error.task_id is None:
+            return None
+        return RejectRow(self.error.task_id, self.record.topic, self.record.partition,
+                         self.record.offset, key_text(self.record.key), self.error.code,
+                         self.error.message.replace("\x00", ""))
+
+
+@dataclass
+class Decoded:
+    records: list[ConsumerRecord] = field(default_factory=list)  #: every record, in order
+    rows: list[tuple[Any, ...]] = field(default_factory=list)  #: admission rows
+    row_records: list[ConsumerRecord] = field(default_factory=list)  #: parallel to rows
+    rejections: list[Rejection] = field(default_factory=list)
+    invalid: list[bool] = field(default_factory=list)  #: per record, in order
+
+
+def key_text(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    return key.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+class DecodeStep:
+    """Decodes a batch; the URL checks are memoised across batches (see bridge.urls)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        check_url, check_callback = default_checks()
+        self.check_url = InputChecks(check_url)
+        self.check_callback = CallbackChecks(check_callback)
+
+    def __call__(self, records: list[ConsumerRecord]) -> Decoded:
+        return decode_batch(records, self.settings, self.check_url, self.check_callback)
+
+
+def decode_batch(records: list[ConsumerRecord], settings: Settings,
+                 check_url: UrlCheck | None = None,
+                 check_callback: UrlCheck | None = None) -> Decoded:
+    out = Decoded(records=records)
+    for record in records:
+        try:
+            job = decode(record.value, settings, check_url=check_url,
+                         check_callback=check_callback)
+        except InvalidMessage as exc:
+            exc.partition, exc.offset = record.partition, record.offset
+            out.rejections.append(Rejection(record, exc))
+            out.invalid.append(True)
+            continue
+        key = key_text(record.key)
+        out.rows.append((
+            job.task_id, record.topic, record.partition, record.offset, key,
+            job.ordering_key if job.ordering_key is not None else key,
+            job.tenant, job.user_id, job.priority, job.engine, job.depends_on,
+            job.deadline_at(record.timestamp), record.value.decode(),
+            job.config.model_dump_json(exclude_unset=True), job.callback_url,
+        ))
+        out.row_records.append(record)
+        out.invalid.append(False)
+    return out

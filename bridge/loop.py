@@ -1,0 +1,167 @@
+"""The loop: poll, decode, hand the batch to the batch thread, commit the watermark.
+
+    flow = backpressure(in-flight)          pause / resume / how many records to take
+    records = poll(max_records)             the main thread owns the consumer
+    decode + invalid-ratio guard            here; then the batch thread admits (Postgres),
+                                            dead-letters (DLQ, acked), dispatches (Redis)
+    outcomes -> watermark -> commit {tp: next offset} of the contiguous durable prefix
+    every few seconds: reconcile, lag
+
+A failing step never loses a record: Postgres down rewinds the batch (seek back) and
+backs off; a DLQ produce failure rewinds its partition from that record; Redis down
+keeps the admitted jobs (durable, ``received``) to dispatch again, paused meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+
+from bridge import metrics
+from bridge.backpressure import Backpressure, Flow, InFlight
+from bridge.batches import BatchThread
+from bridge.commit import Watermark
+from bridge.consumer import Rebalance
+from bridge.decode import Decoded
+from bridge.errors import TRANSIENT
+from bridge.guard import InvalidRatio
+from bridge.process import Outcome
+from bridge.signals import Shutdown
+
+log = logging.getLogger(__name__)
+
+
+class Every:
+    """Run ``fn`` at most every ``interval_s`` seconds; its service errors are logged."""
+
+    def __init__(self, interval_s: float, fn: Callable[[], object], name: str) -> None:
+        self.interval_s, self.fn, self.name = interval_s, fn, name
+        self._next = time.monotonic() + interval_s
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval_s
+        try:
+            self.fn()
+        except TRANSIENT as exc:
+            log.warning("%s failed: %s", self.name, exc)
+
+
+class Loop:
+    def __init__(self, consumer: KafkaConsumer, rebalance: Rebalance,
+                 decode: Callable[[list], Decoded],  # type: ignore[type-arg]
+                 guard: InvalidRatio, batches: BatchThread,
+                 undispatched: Callable[[], int], backpressure: Backpressure,
+                 inflight: InFlight, shutdown: Shutdown, poll_timeout_ms: int,
+                 periodic: list[Every], topic: str) -> None:
+        self.consumer, self.rebalance = consumer, rebalance
+        self.decode, self.guard, self.batches = decode, guard, batches
+        self.undispatched = undispatched
+        self.backpressure, self.inflight, self.shutdown = backpressure, inflight, shutdown
+        self.poll_timeout_ms, self.periodic, self.topic = poll_timeout_ms, periodic, topic
+        self.watermark = Watermark()
+        self.submitted = 0  #: rows handed to the batch thread, not yet dispatched
+        self._backoff = 0.0
+
+    def run(self) -> None:
+        """Until shutdown is requested; then finish the batches and commit."""
+        try:
+            while not self.shutdown.requested:
+                self.once()
+        finally:
+            self.collect(self.batches.outcomes(wait=True))
+            self.commit()
+
+    def once(self) -> None:
+        flow = self._flow()
+        records = self.consumer.poll(timeout_ms=self.poll_timeout_ms,
+                                     max_records=flow.max_records)
+        self.watermark.drop(self.rebalance.take_gone())
+        if records:
+            batch = [r for part in records.values() for r in part]
+            for record in batch:
+                self.watermark.track(TopicPartition(record.topic, record.partition),
+                                     record.offset)
+            decoded = self.decode(batch)
+            self.guard.observe(decoded.invalid)
+            self.submitted += len(decoded.rows)
+            self.batches.submit(decoded)
+        elif self.undispatched() and not self.batches.busy:
+            self.batches.submit(Decoded())  # dispatch again what Redis refused
+            self._sleep_backoff()
+        self.collect(self.batches.outcomes())
+        self.commit()
+        for task in self.periodic:
+            task()
+
+    def collect(self, outcomes: list[Outcome]) -> None:
+        for out in outcomes:
+            self.submitted -= len(out.batch.rows)
+            self.inflight.add(out.dispatched)
+            records = out.batch.records
+            if not out.admitted:
+                self._rewind({(r.topic, r.partition) for r in records})
+                self._sleep_backoff()
+                continue
+            self._backoff = 0.0
+            for r in records:
+                if r.offset < out.failed.get((r.topic, r.partition), r.offset + 1):
+                    self.watermark.done(TopicPartition(r.topic, r.partition), r.offset)
+            self._rewind(set(out.failed))
+
+    def commit(self) -> None:
+        assigned = self.consumer.assignment()
+        offsets = {tp: m for tp, m in self.watermark.offsets().items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except CommitFailedError as exc:  # the group rebalanced: not ours any more
+            log.warning("commit refused after a rebalance (%s); the new owner re-reads", exc)
+            self.watermark.drop(offsets)
+            return
+        except KafkaError as exc:
+            log.warning("commit failed (%s); retried with the next batch", exc)
+            return
+        self.watermark.committed(offsets)
+
+    def _flow(self) -> Flow:
+        try:
+            inflight = self.inflight.value() + self.submitted
+        except TRANSIENT as exc:
+            log.warning("in-flight count failed (%s); pausing", exc)
+            inflight = self.backpressure.high
+        flow = self.backpressure.flow(inflight)
+        if self.undispatched():  # Redis or Postgres is down: take nothing new meanwhile
+            flow = Flow(True, 1, inflight)
+        metrics.INFLIGHT.labels(self.topic).set(inflight)
+        paused = self.rebalance.paused
+        if flow.paused and not paused:
+            self.consumer.pause(*self.consumer.assignment())
+            log.info("pausing: %d in flight (max %d)", inflight, self.backpressure.high)
+        elif not flow.paused and paused:
+            self.consumer.resume(*self.consumer.paused())
+            log.info("resuming: %d in flight (low %d)", inflight, self.backpressure.low)
+        self.rebalance.paused = flow.paused
+        metrics.PAUSED.labels(self.topic).set(int(flow.paused))
+        return flow
+
+    def _rewind(self, partitions: set[tuple[str, int]]) -> None:
+        assigned = self.consumer.assignment()
+        for topic, partition in partitions:
+            tp = TopicPartition(topic, partition)
+            offset = self.watermark.rewind(tp)
+            if offset is not None and tp in assigned:
+                self.consumer.seek(tp, offset)
+
+    def _sleep_backoff(self) -> None:
+        self._backoff = min(5.0, max(0.2, self._backoff * 2))
+        deadline = time.monotonic() + self._backoff
+        while not self.shutdown.requested and time.monotonic() < deadline:
+            time.sleep(0.05)

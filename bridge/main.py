@@ -1,0 +1,126 @@
+"""Wiring: check the services, build the steps, run the loop, map the outcome to an exit code.
+
+Exit codes: 0 stopped cleanly (signal), 1 unexpected error, 3 configuration error,
+4 a service cannot be reached at start, 5 the invalid-message cap tripped,
+6 a second signal stopped it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
+
+from kafka import KafkaProducer
+from sqlalchemy import Engine, text
+
+from bridge import metrics
+from bridge.admit import Admit
+from bridge.backpressure import Backpressure, InFlight
+from bridge.batches import BatchThread
+from bridge.consumer import Rebalance, lag, make_consumer
+from bridge.db import Postgres
+from bridge.decode import DecodeStep
+from bridge.dispatch import Dispatch, RedisMarkers
+from bridge.dlq import DeadLetters
+from bridge.guard import InvalidRatio, InvalidRatioExceeded
+from bridge.loop import Every, Loop
+from bridge.process import Process
+from bridge.services import KAFKA_BOOTSTRAP_TIMEOUT_MS, kafka, postgres, redis_client
+from bridge.signals import Shutdown
+from pipeline import chains, reconcile
+from pipeline.errors import ConfigError, ServiceUnavailable
+from pipeline.settings import Settings
+
+log = logging.getLogger("bridge")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_INVALID_RATIO = 0, 1, 3, 4, 5
+
+#: In flight: chains in Celery (queued, running) and admitted ones being dispatched
+#: (received): together they bound what Redis holds. Scoped to the bridge's topic.
+_INFLIGHT = text("SELECT count(*) FROM tasks WHERE status IN ('received', 'queued', 'running') "
+                 "AND kafka_topic = :topic")
+
+
+def run(settings: Settings) -> int:
+    """Run the bridge until SIGTERM/SIGINT; the exit code says how it ended."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    shutdown = Shutdown()
+    shutdown.install()
+    try:
+        with _assemble(settings, shutdown) as loop:
+            log.info("bridge: consuming %s as group %s", settings.topic_tasks,
+                     settings.consumer_group)
+            loop.run()
+        log.info("bridge: stopped cleanly")
+        return EXIT_OK
+    except ConfigError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ServiceUnavailable as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except InvalidRatioExceeded as exc:
+        log.critical("bridge: %s", exc)
+        print(f"bridge: {exc}", file=sys.stderr)
+        return EXIT_INVALID_RATIO
+    finally:
+        shutdown.restore()
+
+
+@contextmanager
+def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
+    topic = settings.topic_tasks
+    with ExitStack() as stack:
+        engine = postgres(settings)
+        stack.callback(engine.dispose)
+        client = redis_client(settings)
+        stack.callback(client.close)
+        producer = kafka(settings, lambda: KafkaProducer(
+            acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024,
+            bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+            **settings.kafka_client_config()))
+        stack.callback(producer.close, 10)
+        consumer = kafka(settings, lambda: make_consumer(
+            settings, bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS))
+        stack.callback(consumer.close, autocommit=False)  # leaves the group
+        rebalance = Rebalance(consumer)
+        consumer.subscribe([topic], listener=rebalance)
+
+        app = chains.make_app(settings)
+        publisher = chains.ChainPublisher(app, client)
+        stack.callback(publisher.close)
+        db = Postgres(engine)
+        stack.callback(db.close)
+        process = Process(Admit(db), DeadLetters(producer, settings.topic_dlq),
+                          Dispatch(publisher, client, db, topic), topic)
+        batches = BatchThread(process)
+        stack.callback(batches.close)
+        periodic = [
+            Every(settings.reconcile_interval_s, partial(
+                reconcile.sweep, engine, topic=topic,
+                requeue_after_s=settings.requeue_after_s, max_attempts=settings.max_attempts,
+                dispatch=lambda t, p, s: chains.dispatch_one(app, t, p, s),
+                markers=RedisMarkers(client, topic)),
+                "reconciler"),
+            Every(settings.lag_interval_s,
+                  lambda: metrics.LAG.labels(topic).set(lag(consumer)), "lag"),
+        ]
+        loop = Loop(consumer, rebalance, DecodeStep(settings),
+                    InvalidRatio(settings.invalid_ratio_max, settings.invalid_window), batches,
+                    lambda: len(process.undispatched),
+                    Backpressure(settings.inflight_max, settings.inflight_low,
+                                 settings.bridge_batch_max),
+                    InFlight(partial(_count_inflight, engine, topic), settings.inflight_refresh_s),
+                    shutdown, settings.bridge_poll_timeout_ms, periodic, topic)
+        metrics.serve(settings.metrics_port)
+        yield loop
+
+
+def _count_inflight(engine: Engine, topic: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(_INFLIGHT, {"topic": topic}).scalar_one())

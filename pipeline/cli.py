@@ -1,0 +1,92 @@
+"""``sonic-pipeline``: the operator's command line (a public contract: verbs stay stable).
+
+    sonic-pipeline settings                 print the effective settings (secrets masked)
+    sonic-pipeline db upgrade|downgrade|current [REVISION]
+    sonic-pipeline worker [--pool all|gpu|cpu|io]   run Celery workers for a pool
+    sonic-pipeline flower                   Flower with basic auth and persistent state
+    sonic-pipeline bridge                   the Kafka -> Celery bridge (python -m bridge)
+    sonic-pipeline submit --image I --audio A [--callback-url U] [--task-id T]
+    sonic-pipeline show TASK_ID             a task's row and its events
+
+Exit codes: 0 ok, 2 usage, 3 configuration error, 4 a service cannot be reached,
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from pipeline import commands
+from pipeline.errors import ConfigError, PipelineError, ServiceUnavailable
+from pipeline.settings import Settings, load
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sonic-pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    sub.add_parser("settings", help="print the effective settings, secrets masked")
+    db = sub.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=("upgrade", "downgrade", "current"))
+    db.add_argument("revision", nargs="?")
+    worker = sub.add_parser("worker", help="run Celery workers")
+    worker.add_argument("--pool", choices=("all", *commands.POOLS), default="all")
+    sub.add_parser("flower", help="run Flower with basic auth and persistent state")
+    sub.add_parser("bridge", help="run the Kafka -> Celery bridge")
+    submit = sub.add_parser("submit", help="publish one job to the task topic")
+    submit.add_argument("--image", required=True)
+    submit.add_argument("--audio", required=True)
+    submit.add_argument("--callback-url")
+    submit.add_argument("--task-id")
+    submit.add_argument("--engine")
+    submit.add_argument("--min-resolution", type=int, default=512)
+    submit.add_argument("--inference-steps", type=int, default=25)
+    show = sub.add_parser("show", help="show a task and its events")
+    show.add_argument("task_id")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "settings": commands.print_settings,
+        "db": commands.db,
+        "worker": commands.worker,
+        "flower": commands.flower,
+        "bridge": commands.bridge,
+        "submit": commands.submit,
+        "show": commands.show,
+    }
+    return handlers[args.verb](args, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "SONIC_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        print(f"sonic-pipeline: config.invalid: {field}: {first['msg']}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return _dispatch(args, settings)
+    except ConfigError as exc:
+        print(f"sonic-pipeline: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ServiceUnavailable as exc:
+        print(f"sonic-pipeline: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except PipelineError as exc:
+        print(f"sonic-pipeline: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The CLI's verbs. Each takes the parsed arguments and the settings, returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+from pipeline.errors import PipelineError
+from pipeline.settings import Settings
+
+#: Worker pools: the queues each consumes, its Celery pool and concurrency.
+POOLS: dict[str, tuple[str, ...]] = {
+    "gpu": ("gpu",),
+    "cpu": ("preprocess", "encode"),
+    "io": ("upload", "callback", "default"),
+}
+
+
+def print_settings(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.redacted(), indent=2, default=str))
+    return 0
+
+
+def db(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.state import migrate
+    from pipeline.state.health import explain_db_error
+
+    action = {"upgrade": migrate.upgrade, "downgrade": migrate.downgrade}
+    try:
+        if args.action == "current":
+            migrate.current(settings)
+        else:
+            default = "head" if args.action == "upgrade" else "base"
+            action[args.action](settings, args.revision or default)
+    except Exception as exc:  # noqa: BLE001 - turned into one actionable line
+        raise explain_db_error(exc, settings) from exc
+    return 0
+
+
+def worker_argv(pool: str, settings: Settings) -> list[str]:
+    """The ``celery worker`` command line of one pool (an argument list, no shell)."""
+    if pool == "gpu":
+        kind, concurrency = settings.gpu_pool, settings.gpu_concurrency
+    else:
+        kind, concurrency = "prefork", settings.worker_concurrency
+    return [
+        sys.executable, "-m", "celery", "-A", "pipeline", "worker",
+        "-Q", ",".join(POOLS[pool]), "-P", kind, "-c", str(concurrency),
+        "-n", f"{pool}@%h", "--loglevel", "INFO", "-E",
+    ]
+
+
+def worker(args: argparse.Namespace, settings: Settings) -> int:
+    pools = tuple(POOLS) if args.pool == "all" else (args.pool,)
+    procs = [subprocess.Popen(worker_argv(pool, settings)) for pool in pools]
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [proc.wait() for proc in procs]
+    return max(codes, default=0)
+
+
+def flower(args: argparse.Namespace, settings: Settings) -> int:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "celery", "-A", "pipeline", "flower",
+        f"--address={settings.host}", f"--port={settings.flower_port}",
+        "--persistent=True", f"--db={settings.state_dir / 'flower.db'}",
+        "--state_save_interval=60000", "--max_tasks=100000",
+    ]
+    # Credentials travel in the environment, never on the command line (ps shows argv).
+    env = dict(os.environ)
+    env["FLOWER_BASIC_AUTH"] = (
+        f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    )
+    os.execvpe(argv[0], argv, env)
+    return 0  # pragma: no cover - exec does not return
+
+
+def bridge(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge.main import run
+
+    return run(settings)
+
+
+def submit(args: argparse.Namespace, settings: Settings) -> int:
+    from kafka import KafkaProducer
+
+    task_id = args.task_id or uuid.uuid4().hex
+    message = {
+        "task_id": task_id,
+        "audio_url": args.audio,
+        "image_url": args.image,
+        "config": {"min_resolution": args.min_resolution,
+                   "inference_steps": args.inference_steps},
+    }
+    if args.callback_url:
+        message["callback_url"] = args.callback_url
+    if args.engine:
+        message["engine"] = args.engine
+    producer = KafkaProducer(acks="all", **settings.kafka_client_config())
+    try:
+        meta = producer.send(settings.topic_tasks, key=task_id.encode(),
+                             value=json.dumps(message).encode()).get(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    print(json.dumps({"task_id": task_id, "partition": meta.partition, "offset": meta.offset}))
+    return 0
+
+
+def show(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.state.queries import task_with_events
+
+    found = task_with_events(settings, args.task_id)
+    if found is None:
+        raise PipelineError(f"no task {args.task_id!r} in the tasks table",
+                            code="task.not_found")
+    print(json.dumps(found, indent=2, default=str))
+    return 0

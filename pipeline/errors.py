@@ -1,0 +1,165 @@
+"""Every error the pipeline raises on purpose, rooted at one base class.
+
+Each error carries a stable ``code`` (a dotted string users can search for, stored in
+``tasks.error_code`` and sent in the callback) and a message a person can act on.
+
+    PipelineError
+     +-- ConfigError                      config.*      bad settings: exit, do not retry
+     +-- ServiceUnavailable               service.*     cannot reach Kafka/Redis/Postgres
+     +-- RecoverableError                 retried with backoff
+     |    +-- TransportError              transport.*   network, broker, timeouts
+     |    +-- StorageError                storage.*     object store 5xx / unreachable
+     |                                    (a missing bucket / 403 is storage.misconfigured,
+     |                                     a PermanentError)
+     |    +-- CallbackRetry               callback.retry  receiver timeout / 429 / 5xx
+     +-- PermanentError                   fail at once, never retried
+          +-- InvalidMessage              message.*     not JSON, missing/wrong field, too big
+          +-- InputError                  input.*       forbidden URL, too large, not found
+          +-- AudioError                  audio.*       undecodable, silent, too long
+          +-- ImageError                  image.*       undecodable, no face
+          +-- EngineError                 engine.*      unavailable, failed
+          +-- EncodeError                 encode.*      ffmpeg failed
+          +-- DependencyFailed            dependency.failed  a depends_on job failed
+          +-- Cancelled                   task.cancelled / task.deadline
+
+The full list of codes is :data:`CODES`; the README documents it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Every stable error code, with what it means. Tests check raised codes are listed here.
+CODES: dict[str, str] = {
+    "config.invalid": "a setting is missing or malformed",
+    "service.unavailable": "a required service (Kafka, Redis, PostgreSQL) cannot be reached",
+    "transport.error": "a network or broker operation failed; retried",
+    "transport.timeout": "a network operation timed out; retried",
+    "storage.unavailable": "the object store failed or is unreachable; retried",
+    "storage.misconfigured": "the object store refused: missing bucket, access denied or bad "
+    "credentials; not retried",
+    "callback.retry": "the callback receiver timed out or answered 429/5xx; retried",
+    "callback.rejected": "the callback receiver answered a 4xx other than 429; not retried",
+    "message.invalid_json": "the Kafka message value is not a JSON object",
+    "message.missing_field": "a required field is missing",
+    "message.wrong_type": "a field has the wrong type or an invalid value",
+    "message.too_large": "the Kafka message exceeds SONIC_MAX_MESSAGE_BYTES",
+    "input.forbidden_url": "an input URL's scheme, host or address is not allowed",
+    "input.not_found": "an input file or object does not exist",
+    "input.too_large": "an input exceeds SONIC_MAX_INPUT_BYTES",
+    "input.unreachable": "an input URL could not be fetched",
+    "audio.undecodable": "ffmpeg cannot decode the audio",
+    "audio.silent": "the audio holds no speech-level signal",
+    "audio.too_long": "the audio is longer than SONIC_MAX_AUDIO_S",
+    "image.undecodable": "the image cannot be decoded",
+    "image.no_face": "no face was found in the image",
+    "engine.unavailable": "the engine's code or weights are not installed",
+    "engine.failed": "the engine raised while rendering",
+    "encode.failed": "ffmpeg failed to encode the video",
+    "dependency.failed": "a job named in depends_on failed",
+    "task.cancelled": "the job was cancelled",
+    "task.deadline": "the job's deadline passed before it finished",
+    "task.lost": "the job exhausted its attempts after workers died",
+    "task.not_found": "no such task id in the tasks table",
+}
+
+
+class PipelineError(Exception):
+    """Root of every deliberate error. ``code`` is stable; ``message`` is for people."""
+
+    code: str = "pipeline.error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None, **detail: Any) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.detail}
+
+
+class ConfigError(PipelineError):
+    code = "config.invalid"
+
+
+class ServiceUnavailable(PipelineError):
+    code = "service.unavailable"
+
+
+class RecoverableError(PipelineError):
+    """Transient: the operation may succeed if retried with backoff."""
+
+    retryable = True
+
+
+class TransportError(RecoverableError):
+    code = "transport.error"
+
+
+class StorageError(RecoverableError):
+    code = "storage.unavailable"
+
+
+class CallbackRetry(RecoverableError):
+    code = "callback.retry"
+
+
+class PermanentError(PipelineError):
+    """Bad input or a definite failure: fail the job at once with the code."""
+
+
+class InvalidMessage(PermanentError):
+    """A Kafka message that can never be admitted; routed to the DLQ.
+
+    ``partition``/``offset`` locate it; ``task_id`` is set when one could be read.
+    """
+
+    code = "message.invalid_json"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.partition = partition
+        self.offset = offset
+        self.task_id = task_id
+
+
+class InputError(PermanentError):
+    code = "input.forbidden_url"
+
+
+class AudioError(PermanentError):
+    code = "audio.undecodable"
+
+
+class ImageError(PermanentError):
+    code = "image.undecodable"
+
+
+class EngineError(PermanentError):
+    code = "engine.failed"
+
+
+class EncodeError(PermanentError):
+    code = "encode.failed"
+
+
+class DependencyFailed(PermanentError):
+    code = "dependency.failed"
+
+
+class Cancelled(PermanentError):
+    code = "task.cancelled"

@@ -1,0 +1,146 @@
+"""Final video: raw RGB frames + speech -> H.264/AAC MP4 in one encode, and a poster."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import EncodeError
+from pipeline.media.ffmpeg import (DEFAULT, FFmpeg, duration_s, failure, popen_ffmpeg, probe,
+                                   run_ffmpeg)
+
+#: A raw frames file or batches of frames shaped (H, W, 3) or (N, H, W, 3), RGB uint8.
+Frames = Path | str | Iterable[np.ndarray]
+
+
+@dataclass(frozen=True)
+class EncodeInfo:
+    path: Path
+    frames: int
+    duration_s: float
+    size_bytes: int
+    elapsed_s: float
+
+
+def _output_args(fps: int, crf: int, seconds: float, out: Path) -> list[str | Path]:
+    # -t and -shortest, never -frames:v: in ffmpeg 5.1, -frames:v with -shortest drops
+    # the audio still buffered when the frame limit is hit (half the speech went missing).
+    return ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "medium",
+            "-crf", str(crf), "-pix_fmt", "yuv420p", "-r", str(fps), "-c:a", "aac",
+            "-b:a", "128k", "-shortest", "-t", f"{seconds:.6f}", "-movflags", "+faststart",
+            "-f", "mp4", "-y", out]
+
+
+def _write_frames(stdin: object, frames: Iterable[np.ndarray], shape: tuple[int, int],
+                  target: int) -> int:
+    """Write at most ``target`` frames, then repeat the last one up to ``target``."""
+    written, last = 0, None
+    for batch in frames:
+        batch = np.asarray(batch, dtype=np.uint8)
+        batch = batch[None] if batch.ndim == 3 else batch
+        if batch.shape[1:] != (shape[1], shape[0], 3):
+            raise EncodeError(f"frame shape {batch.shape[1:]} is not {shape[1]}x{shape[0]}x3")
+        batch = batch[: target - written]
+        if len(batch):
+            stdin.write(np.ascontiguousarray(batch).data)  # type: ignore[attr-defined]
+            written, last = written + len(batch), batch[-1]
+        if written >= target:
+            break
+    if last is None:
+        raise EncodeError("the engine produced no frames")
+    pad = np.ascontiguousarray(last).tobytes()
+    for _ in range(target - written):
+        stdin.write(pad)  # type: ignore[attr-defined]
+    return target
+
+
+def encode_video(
+    frames: Frames,
+    audio: str | Path,
+    out_mp4: str | Path,
+    *,
+    size: tuple[int, int],
+    fps: int = 25,
+    crf: int = 18,
+    ff: FFmpeg = DEFAULT,
+) -> EncodeInfo:
+    """Encode ``frames`` (``size`` = (width, height)) with ``audio`` into ``out_mp4``.
+
+    The frames go through ffmpeg once (a raw file is read by ffmpeg itself, an iterable
+    is streamed into its stdin). The frame count is fitted to the audio, the last frame
+    repeated when short, so the video lasts as long as the speech; ``-shortest`` trims
+    the rest. Written to a temporary name and renamed, so a re-run overwrites cleanly.
+    """
+    if not 0 <= crf <= 51 or fps <= 0:
+        raise EncodeError(f"crf must be within 0..51 (x264) and fps positive: {crf}, {fps}")
+    started = time.monotonic()
+    out = Path(out_mp4)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial.mp4")
+    seconds = duration_s(probe(audio, ff=ff))
+    if not seconds:
+        raise EncodeError(f"cannot read the duration of {Path(audio).name}")
+    target = math.ceil(round(seconds * fps, 6))
+    width, height = size
+    raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps)]
+    if isinstance(frames, (str, Path)):
+        count = os.path.getsize(frames) // (width * height * 3)
+        if count == 0:
+            raise EncodeError(f"{Path(frames).name} holds no {width}x{height} frames")
+        pad = ["-vf", f"tpad=stop_mode=clone:stop={target - count}"] if count < target else []
+        args = [*raw, "-i", frames, "-i", audio, *pad, *_output_args(fps, crf, seconds, partial)]
+        try:
+            run_ffmpeg(args, ff=ff)
+        except EncodeError:
+            partial.unlink(missing_ok=True)
+            raise
+    else:
+        with tempfile.TemporaryFile() as err:
+            args = [*raw, "-i", "pipe:0", "-i", audio, *_output_args(fps, crf, seconds, partial)]
+            proc = popen_ffmpeg(args, ff=ff, stderr=err)
+            try:
+                _write_frames(proc.stdin, frames, size, target)
+                proc.stdin.close()  # type: ignore[union-attr]
+            except BrokenPipeError:
+                pass  # ffmpeg exited early: its exit code and stderr say why
+            except BaseException:  # the frames' source failed or was cancelled
+                proc.kill()
+                proc.wait()
+                partial.unlink(missing_ok=True)
+                raise
+            code = proc.wait()
+            if code != 0:
+                err.seek(0)
+                partial.unlink(missing_ok=True)
+                raise failure(EncodeError, "encode.failed", "ffmpeg encode", code, err.read())
+    os.replace(partial, out)
+    return EncodeInfo(out, target, duration_s(probe(out, ff=ff)) or 0.0, out.stat().st_size,
+                      time.monotonic() - started)
+
+
+def remux_faststart(src: str | Path, out_mp4: str | Path, *, ff: FFmpeg = DEFAULT) -> Path:
+    """Copy an MP4 made elsewhere (the Sonic engine) with its index moved to the front."""
+    out = Path(out_mp4)
+    partial = out.with_name(out.name + ".partial.mp4")
+    run_ffmpeg(["-i", src, "-map", "0", "-c", "copy", "-movflags", "+faststart",
+                "-f", "mp4", "-y", partial], ff=ff)
+    os.replace(partial, out)
+    return out
+
+
+def make_poster(mp4: str | Path, jpg: str | Path, *, at_s: float = 0.0,
+                ff: FFmpeg = DEFAULT) -> Path:
+    """Write one frame of ``mp4`` (at ``at_s``) as a JPEG poster."""
+    out = Path(jpg)
+    partial = out.with_name(out.name + ".partial.jpg")
+    run_ffmpeg(["-ss", f"{at_s:.3f}", "-i", mp4, "-frames:v", "1", "-q:v", "3",
+                "-update", "1", "-f", "image2", "-y", partial], ff=ff)
+    os.replace(partial, out)
+    return out

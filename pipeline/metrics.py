@@ -1,0 +1,70 @@
+"""Worker metrics for Prometheus: stage durations and failures by code.
+
+Celery's prefork children each record into files under ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus_client's multiprocess mode); the worker's parent serves them all on one port:
+``SONIC_METRICS_PORT`` + 1 + the pool's index (gpu, cpu, io), the bridge using the base
+port itself. The metric objects are made on first use, after the directory is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Stage durations from seconds to the hours of a long gpu render.
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 10800)
+
+
+@lru_cache(maxsize=1)
+def _metrics() -> dict[str, Any]:
+    from prometheus_client import Counter, Histogram
+
+    return {
+        "duration": Histogram("sonic_stage_duration_seconds", "Seconds a stage ran",
+                              ["stage", "outcome"], buckets=BUCKETS),
+        "failed": Counter("sonic_task_failed_total", "Jobs failed, by stage and error code",
+                          ["stage", "code"]),
+    }
+
+
+def observe_stage(stage: str, outcome: str, seconds: float) -> None:
+    _metrics()["duration"].labels(stage, outcome).observe(seconds)
+
+
+def count_failure(stage: str, code: str) -> None:
+    _metrics()["failed"].labels(stage, code).inc()
+
+
+def serve_worker_metrics(directory: Path, port: int, host: str) -> bool:
+    """In a worker's parent, before it forks: collect the children's files, serve them."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    from prometheus_client import CollectorRegistry, start_http_server, values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    # prometheus_client picks its value class when first imported, which may have been
+    # before this hook set the directory: pick again, so children write their files.
+    values.ValueClass = values.get_value_class()
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        log.warning("metrics: cannot listen on %s:%d (%s); not served", host, port, exc)
+        return False
+    return True
+
+
+def process_exited(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

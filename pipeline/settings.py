@@ -1,0 +1,244 @@
+"""Typed settings for every entry point, read once from the environment (prefix ``SONIC_``).
+
+Each process (bridge, worker, CLI, ops) builds one :class:`Settings` at start-up and passes
+it down; no other module reads the environment. Credentials are :class:`SecretStr`: they
+never appear in ``repr()``, logs or error messages. Defaults point at the local stack that
+``make up`` starts on loopback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Stage names, in chain order. Each has its own Celery queue of the same name.
+STAGES: tuple[str, ...] = ("preprocess", "gpu", "encode", "upload", "callback")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SONIC_", extra="ignore", frozen=True)
+
+    # --- local stack ------------------------------------------------------------------
+    #: Where the local stack keeps data, logs and PID files.
+    state_dir: Path = Path(".state")
+    #: Bind address of every local service.
+    host: str = "127.0.0.1"
+
+    # --- Kafka ------------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    #: KRaft controller listener of the local single-node broker.
+    kafka_controller_port: int = 19093
+    kafka_version: str = "4.1.2"
+    kafka_heap: str = "512m"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    topic_tasks: str = "sonic-video-tasks"
+    topic_dlq: str = "sonic-video-tasks-dlq"
+    topic_control: str = "sonic-video-control"
+    topic_status: str = "sonic-video-status"
+    topic_partitions: int = 16
+    topic_replication: int = 1
+    consumer_group: str = "sonic-bridge"
+    #: A message larger than this is rejected to the DLQ (media travels by reference).
+    max_message_bytes: int = 64 * 1024
+
+    # --- Redis (Celery broker: a bounded in-flight window only) ------------------------
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 16379
+    redis_db: int = 0
+    redis_password: SecretStr | None = None
+    redis_maxmemory: str = "256mb"
+    #: Seconds before Redis redelivers an unacknowledged task; longer than any gpu task.
+    visibility_timeout_s: int = 6 * 3600
+
+    # --- PostgreSQL (the record) --------------------------------------------------------
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 15432
+    pg_user: str = "sonic"
+    pg_password: SecretStr = SecretStr("sonic")
+    pg_database: str = "sonic"
+    pg_pool_size: int = 5
+
+    # --- Celery ---------------------------------------------------------------------------
+    #: Soft/hard time limits per stage, seconds (the gpu stage gets the long ones).
+    time_limit_s: int = 600
+    gpu_time_limit_s: int = 3 * 3600
+    worker_concurrency: int = 2
+    #: Pool for the gpu queue. prefork with one child: the parent never touches CUDA, the
+    #: child loads the model in ``worker_process_init`` and time limits are enforced.
+    gpu_pool: Literal["solo", "threads", "prefork"] = "prefork"
+    gpu_concurrency: int = 1
+
+    # --- Flower -----------------------------------------------------------------------
+    flower_port: int = 15555
+    flower_user: str = "admin"
+    flower_password: SecretStr = SecretStr("change-me")
+
+    # --- backpressure -------------------------------------------------------------------
+    #: Jobs queued or running in Celery at most; the bridge pauses Kafka above it.
+    inflight_max: int = 200
+    #: The bridge resumes its partitions below this.
+    inflight_low: int = 150
+
+    # --- bridge ------------------------------------------------------------------------
+    #: Most records handed to the admission steps per poll.
+    bridge_batch_max: int = 1000
+    bridge_poll_timeout_ms: int = 200
+    #: Stop (exit 5) when more than this share of recent messages is invalid.
+    invalid_ratio_max: float = 0.5
+    #: How many recent messages the invalid share is measured over.
+    invalid_window: int = 1000
+    #: Seconds between reconciler sweeps (one bridge sweeps at a time).
+    reconcile_interval_s: float = 10.0
+    #: Seconds between in-flight re-counts in Postgres.
+    inflight_refresh_s: float = 0.2
+    #: Seconds between consumer-lag updates.
+    lag_interval_s: float = 5.0
+    #: How soon a dead bridge's partitions move to another member.
+    kafka_session_timeout_ms: int = 10_000
+    #: Static group membership id (KIP-345), e.g. the pod name; unset: dynamic.
+    kafka_group_instance_id: str | None = None
+
+    # --- stages: leases, heartbeats, reconciler ---------------------------------------
+    #: A stage's lease expires this long after its last heartbeat.
+    lease_ttl_s: int = 120
+    heartbeat_interval_s: int = 15
+    #: The reconciler re-dispatches tasks admitted but not queued after this long.
+    requeue_after_s: int = 60
+    max_attempts: int = 3
+
+    # --- inputs (fetched by reference, never inline) -------------------------------------
+    #: Local roots a path or file:// URL may point into (``path1,path2``).
+    input_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [Path("/uploads")])
+    allowed_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["file", "s3", "http", "https"]
+    )
+    #: Hosts http(s) inputs may come from (``a.example.com,b.example.com``); empty: none.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Allow http(s) inputs that resolve to loopback/private ranges (off: no SSRF).
+    allow_private_networks: bool = False
+    max_input_bytes: int = 200 * 1024 * 1024
+    fetch_timeout_s: float = 30.0
+    max_audio_s: float = 600.0
+
+    # --- media ------------------------------------------------------------------------------
+    #: Shared work directory for stage artifacts (default: ``<state_dir>/work``).
+    work_dir: Path | None = None
+    ffmpeg_bin: str = "ffmpeg"
+    ffprobe_bin: str = "ffprobe"
+    crf: int = 18
+    fps: int = 25
+
+    # --- engines ----------------------------------------------------------------------------
+    default_engine: str = "builtin"
+    #: "auto" picks CUDA when present, else CPU.
+    device: str = "auto"
+    sonic_repo: Path | None = None
+    sonic_weights: Path | None = None
+    #: Frames rendered per batch; 0 picks per device (4 on CPU, where larger batches
+    #: measured slower, 16 on CUDA).
+    engine_batch_frames: int = 0
+
+    # --- object storage -----------------------------------------------------------------------
+    storage_backend: Literal["local", "s3"] = "local"
+    #: Directory of the local object store (default: ``<state_dir>/objects``).
+    storage_dir: Path | None = None
+    #: S3-compatible endpoint (MinIO, OSS, S3); unset means AWS's own.
+    s3_endpoint: str | None = None
+    #: Port of the local MinIO that ``make up`` starts.
+    s3_port: int = 19000
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "sonic-videos"
+    s3_access_key: SecretStr | None = SecretStr("sonicdev")
+    s3_secret_key: SecretStr | None = SecretStr("sonicdev-secret")
+    #: Public (CDN) base URL for results; when unset, a presigned URL is returned.
+    public_base_url: str | None = None
+    presign_ttl_s: int = 7 * 24 * 3600
+
+    # --- callbacks (Standard Webhooks) ----------------------------------------------------------
+    webhook_secret: SecretStr = SecretStr("whsec_c29uaWMtcGlwZWxpbmUtZGV2LXNlY3JldA==")
+    webhook_timeout_s: float = 10.0
+    #: Give up retrying a callback this long after its first attempt.
+    webhook_max_age_s: int = 24 * 3600
+
+    # --- metrics ----------------------------------------------------------------------------------
+    metrics_port: int = 19100
+
+    @field_validator("input_roots", "allowed_schemes", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("state_dir", "work_dir", "storage_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @model_validator(mode="after")
+    def _derived_dirs(self) -> "Settings":
+        # Frozen model: fill the defaults that depend on state_dir once, here.
+        if self.work_dir is None:
+            object.__setattr__(self, "work_dir", self.state_dir / "work")
+        if self.storage_dir is None:
+            object.__setattr__(self, "storage_dir", self.state_dir / "objects")
+        if self.inflight_low >= self.inflight_max:
+            raise ValueError("SONIC_INFLIGHT_LOW must be below SONIC_INFLIGHT_MAX")
+        return self
+
+    # --- derived ----------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        password = quote(self.pg_password.get_secret_value(), safe="")
+        return (
+            f"postgresql+psycopg2://{quote(self.pg_user, safe='')}:{password}"
+            f"@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        )
+
+    @property
+    def broker_url(self) -> str:
+        auth = ""
+        if self.redis_password is not None:
+            auth = f":{quote(self.redis_password.get_secret_value(), safe='')}@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict safe to print (secrets masked)."""
+        out: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(getattr(self, name), SecretStr):
+                value = "**********"
+            out[name] = value
+        return out
+
+    def kafka_client_config(self) -> dict[str, object]:
+        """Security options shared by every kafka-python client we create."""
+        config: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap.split(","),
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password is not None:
+                config["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        for key in ("cafile", "certfile", "keyfile"):
+            value = getattr(self, f"kafka_ssl_{key}")
+            if value:
+                config[f"ssl_{key}"] = value
+        return config
+
+
+def load(**overrides: object) -> Settings:
+    """Build the settings once at an entry point (environment, then ``overrides``)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

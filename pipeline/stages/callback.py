@@ -1,0 +1,85 @@
+"""callback (io): POST the outcome to ``callback_url``, signed, retried by age.
+
+Runs for completed and failed jobs alike. It never changes the task's status: a callback
+that fails for good only sets ``callback_status = 'failed'``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import text
+
+from pipeline.errors import CallbackRetry, PermanentError
+from pipeline.stages.runner import StageContext
+from pipeline.state import journal
+from pipeline.webhooks import build_payload, deliver, message_id, retry_delay, should_give_up
+
+#: callback_status values that end the stage (a redelivery sends nothing).
+SETTLED = frozenset({"delivered", "failed", "none"})
+
+_TIMINGS = text("""
+    SELECT stage, sum(duration_s) FROM task_events
+    WHERE task_id = :t AND event = 'succeeded' AND stage <> 'callback' GROUP BY stage
+""")
+_FIRST_TRY = text("""
+    SELECT min(at) FROM task_events WHERE task_id = :t AND stage = 'callback'
+      AND event = 'started'
+""")
+
+
+def timings(ctx: StageContext) -> dict[str, Any]:
+    task = ctx.task
+    with ctx.engine.connect() as conn:
+        stages = {stage: round(total, 3) for stage, total in conn.execute(
+            _TIMINGS, {"t": ctx.task_id})}
+    out: dict[str, Any] = {"stages_s": stages}
+    if task.get("finished_at") and task.get("received_at"):
+        out["total_s"] = round((task["finished_at"] - task["received_at"]).total_seconds(), 3)
+    return out
+
+
+def payload_of(ctx: StageContext) -> dict[str, Any]:
+    task = ctx.task
+    error = ({"code": task["error_code"], "message": task["error_message"]}
+             if task.get("error_code") else None)
+    return build_payload(task["task_id"], task["status"], video_url=task.get("result_url"),
+                         error=error, timings=timings(ctx),
+                         metadata=(task.get("payload") or {}).get("metadata"))
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    task = ctx.task
+    if task.get("callback_status") in SETTLED:
+        return {}
+    if not task.get("callback_url"):
+        return {"callback_status": "none"}
+    attempt = int(task.get("callback_attempts") or 0) + 1
+    try:
+        result = deliver(task["callback_url"], payload_of(ctx),
+                         message_id(ctx.task_id, task["status"]), ctx.settings, attempt=attempt)
+    except CallbackRetry as exc:
+        journal.record(ctx.engine, ctx.task_id, "callback", "delivery", attempt=attempt,
+                       detail=exc.as_dict())
+        with ctx.engine.connect() as conn:
+            first = conn.execute(_FIRST_TRY, {"t": ctx.task_id}).scalar()
+        now = datetime.now(timezone.utc)
+        if first is not None and should_give_up(first, now, ctx.settings.webhook_max_age_s):
+            return {"callback_status": "failed", "callback_attempts": attempt}
+        _set(ctx, "retrying", attempt)
+        exc.detail["delay_s"] = retry_delay(attempt, exc.detail.get("retry_after"))
+        raise
+    except PermanentError as exc:
+        journal.record(ctx.engine, ctx.task_id, "callback", "delivery", attempt=attempt,
+                       detail=exc.as_dict())
+        return {"callback_status": "failed", "callback_attempts": attempt}
+    journal.record(ctx.engine, ctx.task_id, "callback", "delivery", attempt=attempt,
+                   duration_s=result.duration, detail={"status_code": result.status_code})
+    return {"callback_status": "delivered", "callback_attempts": attempt}
+
+
+def _set(ctx: StageContext, status: str, attempts: int) -> None:
+    with ctx.engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET callback_status = :s, callback_attempts = :a "
+                          "WHERE task_id = :t"), {"s": status, "a": attempts, "t": ctx.task_id})

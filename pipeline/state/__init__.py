@@ -1,0 +1,1 @@
+"""The record: task state in PostgreSQL (models, engine, status order, transitions)."""

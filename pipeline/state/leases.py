@@ -1,0 +1,126 @@
+"""Stage leases in PostgreSQL: at most one live copy of a task's stage.
+
+A stage starts by claiming the lease in one atomic UPDATE: it succeeds only when the task
+is at that stage (or an earlier one), not final, and nobody else holds a live lease. The
+holder heart-beats; a dead holder's lease expires and the reconciler re-queues the stage.
+A Redis redelivery after the visibility timeout, or a reconciler retry, finds the lease
+held and backs off instead of starting a second copy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from pipeline.settings import STAGES
+from pipeline.state.status import RANK, Status, rank_case
+
+#: SQL giving a stage's position in the chain (unknown -> -1).
+_STAGE_POS = "CASE {col} " + " ".join(
+    f"WHEN '{stage}' THEN {i}" for i, stage in enumerate(STAGES)
+) + " ELSE -1 END"
+
+_FINAL = ", ".join(f"'{s.value}'" for s in Status if s.final)
+
+
+class Claim(enum.Enum):
+    DONE = "done"  #: the stage already ran (or the task is final): nothing to do
+    HELD = "held"  #: another live worker holds the lease
+    MISSING = "missing"  #: no such task
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: str
+    stage: str
+    owner: str
+    attempt: int
+    row: dict[str, Any]
+
+
+_ACQUIRE = text(f"""
+UPDATE tasks SET
+    lease_owner = :owner, lease_stage = :stage,
+    lease_expires_at = now() + make_interval(secs => :ttl), heartbeat_at = now(),
+    stage = :stage, attempts = attempts + 1,
+    status = CASE WHEN status IN ({_FINAL}) THEN status ELSE 'running' END,
+    started_at = coalesce(started_at, now()), updated_at = now()
+WHERE task_id = :task_id
+  AND ({_STAGE_POS.format(col='stage')} <= {_STAGE_POS.format(col=':stage')}
+       OR stage IS NULL)
+  AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :owner)
+  AND (status NOT IN ({_FINAL}) OR :stage = 'callback')
+RETURNING *
+""")
+
+
+def acquire(engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int) -> Claim | Lease:
+    """Claim ``stage`` of ``task_id`` for ``owner``; a :class:`Lease` or why not."""
+    with engine.begin() as conn:
+        row = conn.execute(_ACQUIRE, {"owner": owner, "stage": stage, "ttl": ttl_s,
+                                      "task_id": task_id}).mappings().first()
+        if row is not None:
+            return Lease(task_id, stage, owner, int(row["attempts"]), dict(row))
+        current = conn.execute(
+            text("SELECT stage, status, lease_owner, lease_expires_at > now() AS live "
+                 "FROM tasks WHERE task_id = :t"), {"t": task_id}).mappings().first()
+    if current is None:
+        return Claim.MISSING
+    if current["lease_owner"] is not None and current["live"]:
+        return Claim.HELD
+    return Claim.DONE
+
+
+def heartbeat(engine: Engine, lease: Lease, ttl_s: int, progress: float | None = None) -> bool:
+    """Extend the lease; False when it was lost (expired and taken, or task cancelled)."""
+    with engine.begin() as conn:
+        result = conn.execute(text("""
+            UPDATE tasks SET heartbeat_at = now(),
+                lease_expires_at = now() + make_interval(secs => :ttl),
+                progress = coalesce(:progress, progress), updated_at = now()
+            WHERE task_id = :t AND lease_owner = :owner AND status <> 'cancelled'
+        """), {"t": lease.task_id, "owner": lease.owner, "ttl": ttl_s,
+               "progress": progress})
+    return result.rowcount == 1
+
+
+def advance(engine: Engine, lease: Lease, next_stage: str | None, **fields: Any) -> bool:
+    """The stage succeeded: release the lease and move to ``next_stage``.
+
+    ``fields`` are extra columns to set (``status``, ``result_url`` ...). A status only
+    moves forward. False when the lease was lost meanwhile (the outcome is discarded).
+    """
+    sets = ["lease_owner = NULL", "lease_stage = NULL", "lease_expires_at = NULL",
+            "updated_at = now()"]
+    params: dict[str, Any] = {"t": lease.task_id, "owner": lease.owner}
+    if next_stage is not None:
+        # attempts count the tries of the current stage; the next one starts afresh.
+        sets.extend(["stage = :next_stage", "attempts = 0"])
+        params["next_stage"] = next_stage
+    status = fields.pop("status", None)
+    if status is not None:
+        sets.append(f"status = CASE WHEN {rank_case()} < :new_rank THEN :new_status "
+                    "ELSE status END")
+        params["new_status"] = Status(status).value
+        params["new_rank"] = RANK[Status(status)]
+    for name, value in fields.items():
+        sets.append(f"{name} = :f_{name}")
+        params[f"f_{name}"] = value
+    with engine.begin() as conn:
+        result = conn.execute(text(
+            f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = :t AND lease_owner = :owner"
+        ), params)
+    return result.rowcount == 1
+
+
+def release(engine: Engine, lease: Lease) -> None:
+    """Give the lease back without moving on (before a retry)."""
+    with engine.begin() as conn:
+        conn.execute(text("""
+            UPDATE tasks SET lease_owner = NULL, lease_stage = NULL,
+                lease_expires_at = NULL, updated_at = now()
+            WHERE task_id = :t AND lease_owner = :owner
+        """), {"t": lease.task_id, "owner": lease.owner})

@@ -1,0 +1,137 @@
+"""SQLAlchemy models of the ``tasks`` and ``task_events`` tables (a public contract).
+
+Admins query these with SQL; the README documents the columns. Schema changes go through
+one Alembic revision each (``migrations/versions``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pipeline.state.status import Status
+
+STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    task_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # Where the job came from (the first delivery that admitted it).
+    kafka_topic: Mapped[str | None] = mapped_column(String(249))
+    kafka_partition: Mapped[int | None] = mapped_column(Integer)
+    kafka_offset: Mapped[int | None] = mapped_column(BigInteger)
+    kafka_key: Mapped[str | None] = mapped_column(Text)
+    ordering_key: Mapped[str | None] = mapped_column(Text)
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="5")
+    engine: Mapped[str | None] = mapped_column(String(64))
+    depends_on: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    status: Mapped[str] = mapped_column(String(16), server_default=Status.RECEIVED.value)
+    stage: Mapped[str | None] = mapped_column(String(32))
+    progress: Mapped[float] = mapped_column(Float, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    result_url: Mapped[str | None] = mapped_column(Text)
+    result_key: Mapped[str | None] = mapped_column(Text)
+
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_status: Mapped[str | None] = mapped_column(String(16))
+    callback_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+
+    # The lease of the stage now running (one live copy per task).
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_stage: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({STATUS_VALUES})", name="tasks_status_valid"),
+        CheckConstraint("progress >= 0 AND progress <= 100", name="tasks_progress_range"),
+        Index("ix_tasks_status_received", "status", "received_at"),
+        Index("ix_tasks_received_at", "received_at"),
+        Index("ix_tasks_finished_at", "finished_at"),
+        Index("ix_tasks_tenant_received", "tenant", "received_at"),
+        Index(
+            "ix_tasks_error_code",
+            "error_code",
+            "finished_at",
+            postgresql_where=text("error_code IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_ordering_key",
+            "ordering_key",
+            "kafka_partition",
+            "kafka_offset",
+            postgresql_where=text("ordering_key IS NOT NULL"),
+        ),
+        Index(
+            "ix_tasks_lease_expiry",
+            "lease_expires_at",
+            postgresql_where=text("lease_owner IS NOT NULL"),
+        ),
+    )
+
+
+class TaskEvent(Base):
+    """Append-only history: one row per thing that happened to a task."""
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("tasks.task_id", ondelete="CASCADE"), nullable=False
+    )
+    stage: Mapped[str | None] = mapped_column(String(32))
+    event: Mapped[str] = mapped_column(String(32), nullable=False)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    attempt: Mapped[int] = mapped_column(Integer, server_default="0")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+    __table_args__ = (
+        Index("ix_task_events_task_at", "task_id", "at"),
+        Index("ix_task_events_at", "at"),
+        Index("ix_task_events_event_at", "event", "at"),
+    )

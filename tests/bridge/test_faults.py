@@ -1,0 +1,129 @@
+"""Fault and load tests: kill -9 mid-admission, a full window, a member of the group lost."""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.bridge.conftest import Case, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
+    case: Case = make_case(partitions=8, requeue_after_s=1, inflight_max=100_000,
+                           inflight_low=90_000)
+    ids = [f"{case.prefix}-{i:05d}" for i in range(5000)]
+    case.produce(case.jobs(ids))
+    rng = random.Random()
+    # Static membership: a restarted bridge takes its place in the group at once. Small
+    # batches, so that a kill lands mid-admission again and again.
+    overrides = (f"kafka_group_instance_id={case.prefix}", "reconcile_interval_s=1",
+                 "bridge_batch_max=200")
+    kills = 0
+    while kills < 6 and case.count() < 4000:
+        threshold = case.count() + rng.randint(1, 400)
+        bridge = case.bridge("bridge", *overrides)
+        wait_for(lambda: case.count() >= threshold or bridge.poll() is not None, 90,
+                 f"admission past {threshold}", interval_s=0.01)
+        time.sleep(rng.uniform(0, 0.05))
+        bridge.kill()  # SIGKILL: no cleanup, no commit, no leaving the group
+        bridge.wait()
+        kills += 1
+    assert kills >= 5, "admission outran the kills: every kill must land mid-admission"
+
+    bridge = case.bridge("bridge", *overrides)
+    # Everything admitted, and the reconciler marks what a kill left between Redis and
+    # the queued mark (the dispatch marker says its chain is already there).
+    wait_for(lambda: case.count("queued") == 5000 and case.lag() == 0, 120,
+             "every job admitted and queued")
+    assert case.stop(bridge) == 0
+    assert case.count() == 5000
+    chains = case.chains()
+    assert set(chains) == set(ids)  # none lost
+    assert max(chains.values()) == 1  # none dispatched twice
+    assert case.redis.hlen(f"sonic:dispatching:{case.topic}") == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_backpressure_keeps_the_backlog_in_kafka_then_drains(make_case) -> None:
+    port = _free_port()
+    case: Case = make_case(partitions=8, inflight_max=500, inflight_low=400, metrics_port=port)
+    total = 20_000
+    case.produce(case.jobs([f"{case.prefix}-{i:06d}" for i in range(total)]))
+
+    # Given no workers: the bridge fills the window and pauses.
+    bridge = case.bridge()
+    wait_for(lambda: case.count() >= 500, 60, "the window to fill")
+    time.sleep(6)  # a few in-flight recounts and one lag update later
+    assert case.count() <= 500
+    assert case.preprocess_depth() <= 500  # Redis holds at most the window
+    assert case.lag() == total - case.count()  # the rest waits in Kafka, as lag
+    assert _metric(port, "sonic_kafka_consumer_lag") >= total - 500
+    assert _metric(port, "sonic_inflight") >= 400
+
+    # When a worker drains the queue, the bridge resumes and everything flows through.
+    started = time.monotonic()
+    worker = case.worker(mode="complete", pool="prefork", concurrency=3)
+    peak = [0]
+
+    def watch() -> None:
+        while worker.poll() is None and case.count("completed") < total:
+            peak[0] = max(peak[0], case.preprocess_depth())
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    wait_for(lambda: case.count("completed") == total, 240, "every job to drain",
+             interval_s=1)
+    wait_for(lambda: case.lag() == 0, 30, "the lag to reach 0")
+    print(f"drained {total} in {time.monotonic() - started:.1f} s")
+    watcher.join(timeout=5)
+    assert case.stop(bridge) == 0
+    assert case.stop(worker) == 0
+    assert peak[0] <= 500
+    assert case.count() == total
+
+
+def test_a_killed_member_s_partitions_are_taken_over(make_case) -> None:
+    case: Case = make_case(partitions=8, inflight_max=100_000, inflight_low=90_000)
+    first = [f"{case.prefix}-a{i:05d}" for i in range(2000)]
+    second = [f"{case.prefix}-b{i:05d}" for i in range(3000)]
+    a = case.bridge("a")
+    wait_for(lambda: "Setting newly assigned partitions {" in case.log_of(a), 60, "a to join")
+    b = case.bridge("b")
+    wait_for(lambda: "Setting newly assigned partitions {" in case.log_of(b), 60,
+             "b to join and the partitions to be shared")
+    case.produce(case.jobs(first))
+    wait_for(lambda: case.count() == 2000, 60, "the first wave")
+
+    producing = threading.Thread(target=lambda: [case.produce(case.jobs(second[i:i + 300]))
+                                                 or time.sleep(0.1)
+                                                 for i in range(0, 3000, 300)])
+    producing.start()
+    time.sleep(0.5)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    producing.join()
+    wait_for(lambda: case.count("queued") == 5000 and case.lag() == 0, 90,
+             "b to take over a's partitions and finish")
+    assert case.stop(b) == 0
+    chains = case.chains()
+    assert set(chains) == set(first + second) and max(chains.values()) == 1

@@ -1,0 +1,158 @@
+"""Fast unit tests of the bridge's small parts: watermark, backpressure, guard, URL memo,
+batch decoding."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from bridge.backpressure import Backpressure, InFlight
+from bridge.commit import Watermark
+from bridge.decode import decode_batch
+from bridge.guard import InvalidRatio, InvalidRatioExceeded
+from bridge.urls import InputChecks, Memo
+from pipeline.errors import InputError
+from tests.pipeline.checks import callback_scheme_check, scheme_check
+from pipeline.settings import load
+
+TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+class TestWatermark:
+    def test_commits_only_the_contiguous_durable_prefix(self) -> None:
+        w = Watermark()
+        for offset in (5, 6, 7, 8):
+            w.track(TP0, offset)
+        w.done(TP0, 6)
+        w.done(TP0, 8)
+        assert w.offsets() == {}  # 5 is not durable: nothing may be committed
+        w.done(TP0, 5)
+        assert w.offsets()[TP0].offset == 7  # 5, 6 durable; 7 not yet
+        w.done(TP0, 7)
+        assert w.offsets()[TP0].offset == 9
+
+    def test_partitions_are_independent_and_commits_remembered(self) -> None:
+        w = Watermark()
+        w.track(TP0, 0)
+        w.track(TP1, 10)
+        w.done(TP1, 10)
+        offsets = w.offsets()
+        assert list(offsets) == [TP1] and offsets[TP1].offset == 11
+        assert offsets[TP1].metadata == "" and offsets[TP1].leader_epoch == -1
+        w.committed(offsets)
+        assert w.offsets() == {}  # nothing new to commit
+
+    def test_rewind_returns_the_first_pending_offset(self) -> None:
+        w = Watermark()
+        for offset in (3, 4, 5):
+            w.track(TP0, offset)
+        w.done(TP0, 3)
+        assert w.rewind(TP0) == 4
+        assert w.offsets()[TP0].offset == 4
+        w.done(TP0, 5)  # a late outcome after the rewind changes nothing
+        assert w.offsets()[TP0].offset == 4
+
+    def test_dropped_partitions_are_never_committed(self) -> None:
+        w = Watermark()
+        w.track(TP0, 1)
+        w.done(TP0, 1)
+        w.drop([TP0])
+        assert w.offsets() == {}
+
+
+class TestBackpressure:
+    def test_pauses_at_high_and_resumes_below_low(self) -> None:
+        bp = Backpressure(high=100, low=80, batch_max=50)
+        assert bp.flow(0).max_records == 50 and not bp.flow(0).paused
+        assert bp.flow(70).max_records == 30  # polls are capped at the headroom
+        assert bp.flow(100).paused
+        assert bp.flow(90).paused  # between low and high: stays paused
+        assert not bp.flow(79).paused
+
+    def test_inflight_recounts_on_an_interval_and_adds_dispatched(self) -> None:
+        now = [0.0]
+        counts = iter([10, 3])
+        inflight = InFlight(lambda: next(counts), refresh_s=0.2, clock=lambda: now[0])
+        assert inflight.value() == 10
+        inflight.add(5)
+        assert inflight.value() == 15
+        now[0] = 0.3
+        assert inflight.value() == 3
+
+
+class TestInvalidRatio:
+    def test_trips_over_the_ratio_once_enough_was_seen(self) -> None:
+        guard = InvalidRatio(max_ratio=0.5, window=20)
+        guard.observe([False, True, False, True])  # 50%: not over
+        with pytest.raises(InvalidRatioExceeded):
+            guard.observe([True])
+
+    def test_the_window_slides(self) -> None:
+        guard = InvalidRatio(max_ratio=0.5, window=10)
+        guard.observe([False] * 10)
+        guard.observe([True] * 5)  # 5 of the last 10
+        with pytest.raises(InvalidRatioExceeded):
+            guard.observe([True])
+
+
+class TestUrlMemo:
+    def test_a_directory_is_checked_once_and_names_lexically(self) -> None:
+        calls: list[str] = []
+
+        def check(url: str, settings: object) -> None:
+            calls.append(url)
+            if os.path.normpath(url).startswith("/etc/"):
+                raise InputError("outside", code="input.forbidden_url")
+
+        checks = InputChecks(check)
+        settings = load()
+        checks("/uploads/u1/a.mp3", settings)
+        checks("/uploads/u1/b.mp3", settings)
+        assert len(calls) == 1
+        with pytest.raises(InputError):  # its directory resolves outside: refused
+            checks("/uploads/u1/../../etc/passwd", settings)
+        with pytest.raises(InputError):  # a last component that moves: the full check
+            checks("/etc/x/y/..", settings)
+        assert calls[-1] == "/etc/x/y/.."
+        for _ in range(2):
+            with pytest.raises(InputError):
+                checks("/etc/x/passwd", settings)
+        checks("s3://bucket/key", settings)
+        assert calls[-1] == "s3://bucket/key"
+
+    def test_entries_expire(self) -> None:
+        now = [0.0]
+        memo = Memo(ttl_s=10, clock=lambda: now[0])
+        runs: list[int] = []
+        memo.check("k", lambda: runs.append(1))
+        memo.check("k", lambda: runs.append(1))
+        now[0] = 11
+        memo.check("k", lambda: runs.append(1))
+        assert len(runs) == 2
+
+
+def record(offset: int, value: bytes | None, key: bytes | None = b"k") -> ConsumerRecord:
+    return ConsumerRecord("t", 0, 0, offset, 1_700_000_000_000, 0, key, value, [], None,
+                          len(key or b""), len(value or b""), -1)
+
+
+def test_decode_batch_builds_rows_and_rejections() -> None:
+    settings = load()
+    good = json.dumps({"task_id": "a", "audio_url": "/uploads/a.mp3",
+                       "image_url": "/uploads/a.jpg", "z": 1}).encode()
+    out = decode_batch([record(0, good), record(1, b"{"), record(2, good, key=None)],
+                       settings, scheme_check, callback_scheme_check)
+    assert out.invalid == [False, True, False]
+    assert [r[0] for r in out.rows] == ["a", "a"]
+    first = dict(zip(["task_id", "topic", "partition", "offset", "key", "ordering_key"],
+                     out.rows[0]))
+    assert first == {"task_id": "a", "topic": "t", "partition": 0, "offset": 0, "key": "k",
+                     "ordering_key": "k"}  # the Kafka key is the default ordering key
+    assert out.rows[1][5] is None
+    assert json.loads(out.rows[0][12])["z"] == 1  # the payload keeps unknown fields
+    (rejection,) = out.rejections
+    assert rejection.error.code == "message.invalid_json" and rejection.row() is None

@@ -1,0 +1,58 @@
+"""Shared fixtures. Integration tests talk to the real local stack (`make up`); when a
+service is down they fail with the reason, they never skip."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+
+from pipeline.settings import Settings, load
+from pipeline.state.db import make_engine
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Settings:
+    """The local stack must be up: `make test` starts it; a missing service is a failure."""
+    kafka_host, kafka_port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+    wanted = {
+        "kafka": (kafka_host, int(kafka_port)),
+        "redis": (settings.redis_host, settings.redis_port),
+        "postgres": (settings.pg_host, settings.pg_port),
+    }
+    down = [f"{name} ({h}:{p})" for name, (h, p) in wanted.items() if not _reachable(h, p)]
+    if down:
+        pytest.fail(f"services not reachable: {', '.join(down)}; run `make up`", pytrace=False)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def db_engine(stack: Settings) -> Iterator[Engine]:
+    from pipeline.state import migrate
+
+    migrate.upgrade(stack)
+    engine = make_engine(stack)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topics, queues, task ids and databases."""
+    return uuid.uuid4().hex[:10]

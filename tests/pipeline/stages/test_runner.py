@@ -1,0 +1,201 @@
+"""Stage runs against the real PostgreSQL: leases, forward-only status, typed outcomes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from pipeline.errors import AudioError, StorageError
+from pipeline.settings import Settings
+from pipeline.stages.runner import Outcome, StageContext, run_stage
+from pipeline.state import journal, leases
+from pipeline.state.status import Status
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def task_id(db_engine: Engine, unique: str) -> str:
+    tid = f"runner-{unique}"
+    with db_engine.begin() as conn:
+        conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
+                          "VALUES (:t, 'queued', 'preprocess', '{}')"), {"t": tid})
+    return tid
+
+
+@pytest.fixture
+def fast(stack: Settings, tmp_path) -> Settings:
+    return stack.model_copy(update={"heartbeat_interval_s": 1, "lease_ttl_s": 30,
+                                    "work_dir": tmp_path, "max_attempts": 2})
+
+
+def _row(engine: Engine, task_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
+                                 {"t": task_id}).mappings().one())
+
+
+def _events(engine: Engine, task_id: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT stage, event FROM task_events WHERE task_id = :t ORDER BY id"),
+            {"t": task_id})]
+
+
+def test_one_live_lease_per_stage(db_engine: Engine, task_id: str) -> None:
+    first = leases.acquire(db_engine, task_id, "preprocess", "w1", ttl_s=30)
+    assert isinstance(first, leases.Lease) and first.attempt == 1
+    # A redelivered copy on another worker finds the lease live and backs off.
+    assert leases.acquire(db_engine, task_id, "preprocess", "w2", ttl_s=30) is leases.Claim.HELD
+    # The first holder dies: its lease expires, the next claim takes over.
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET lease_expires_at = now() - interval '1 s' "
+                          "WHERE task_id = :t"), {"t": task_id})
+    second = leases.acquire(db_engine, task_id, "preprocess", "w2", ttl_s=30)
+    assert isinstance(second, leases.Lease) and second.attempt == 2
+    # The zombie's late outcome is discarded.
+    assert leases.advance(db_engine, first, "gpu") is False
+    assert leases.advance(db_engine, second, "gpu") is True
+    row = _row(db_engine, task_id)
+    assert (row["stage"], row["lease_owner"], row["attempts"]) == ("gpu", None, 0)
+    # The finished stage is never claimed again.
+    assert leases.acquire(db_engine, task_id, "preprocess", "w3", 30) is leases.Claim.DONE
+
+
+def test_success_advances_and_records_events(fast: Settings, db_engine: Engine,
+                                             task_id: str) -> None:
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        assert ctx.workdir.is_dir() and ctx.task["status"] == "running"
+        ctx.progress(50)
+        return {}
+
+    result = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    assert result.outcome is Outcome.CONTINUE
+    row = _row(db_engine, task_id)
+    assert (row["status"], row["stage"], row["lease_owner"]) == ("running", "gpu", None)
+    assert _events(db_engine, task_id) == [("preprocess", "started"),
+                                           ("preprocess", "succeeded")]
+    # A duplicate delivery of the same stage does nothing and stops its chain copy.
+    again = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    assert again.outcome is Outcome.SKIP
+    assert _events(db_engine, task_id)[-1] == ("preprocess", "skipped")
+
+
+def test_permanent_error_fails_at_once_with_its_code(fast: Settings, db_engine: Engine,
+                                                     task_id: str) -> None:
+    calls = []
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        calls.append(1)
+        raise AudioError("ffmpeg cannot decode audio.mp3", code="audio.undecodable")
+
+    result = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    assert result.outcome is Outcome.FAILED and result.error.code == "audio.undecodable"
+    row = _row(db_engine, task_id)
+    assert (row["status"], row["error_code"]) == ("failed", "audio.undecodable")
+    assert row["finished_at"] is not None and row["lease_owner"] is None
+    # No retry storm: a redelivery of the failed stage does not run it again.
+    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is Outcome.SKIP
+    assert len(calls) == 1
+
+
+def test_recoverable_error_retries_then_fails_after_the_cap(fast: Settings,
+                                                            db_engine: Engine,
+                                                            task_id: str) -> None:
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        raise StorageError("object store answered 503")
+
+    first = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    assert first.outcome is Outcome.RETRY and first.delay_s >= 0
+    assert _row(db_engine, task_id)["lease_owner"] is None  # released for the retry
+    second = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    assert second.outcome is Outcome.FAILED  # max_attempts=2
+    assert _row(db_engine, task_id)["error_code"] == "storage.unavailable"
+    assert [e for _, e in _events(db_engine, task_id)] == [
+        "started", "retrying", "started", "failed"]
+
+
+def test_a_late_event_never_moves_a_task_backwards(db_engine: Engine, task_id: str) -> None:
+    assert journal.finish(db_engine, task_id, Status.COMPLETED)
+    assert not journal.finish(db_engine, task_id, Status.FAILED, error_code="x.late")
+    row = _row(db_engine, task_id)
+    assert (row["status"], row["error_code"]) == ("completed", None)
+
+
+def test_lost_lease_stops_the_stage_between_batches(fast: Settings, db_engine: Engine,
+                                                    task_id: str) -> None:
+    started = threading.Event()
+
+    def steal() -> None:
+        started.wait(10)
+        with db_engine.begin() as conn:
+            conn.execute(text("UPDATE tasks SET lease_owner = 'thief' WHERE task_id = :t"),
+                         {"t": task_id})
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        started.set()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            ctx.should_stop()
+            time.sleep(0.1)
+        raise AssertionError("the lost lease was never noticed")
+
+    thief = threading.Thread(target=steal)
+    thief.start()
+    result = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    thief.join()
+    assert result.outcome is Outcome.SKIP
+    assert _events(db_engine, task_id)[-1] == ("preprocess", "lease_lost")
+    assert _row(db_engine, task_id)["lease_owner"] == "thief"
+
+
+def test_progress_is_written_while_the_stage_runs(fast: Settings, db_engine: Engine,
+                                                  task_id: str) -> None:
+    seen = []
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        ctx.progress(42)
+        time.sleep(1.6)  # more than one heartbeat interval
+        seen.append(_row(db_engine, task_id)["progress"])
+        return {}
+
+    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is Outcome.CONTINUE
+    assert seen == [42]
+
+
+def test_a_passed_deadline_is_noticed_between_batches(fast: Settings, db_engine: Engine,
+                                                      task_id: str) -> None:
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET deadline = now() - interval '1 s' "
+                          "WHERE task_id = :t"), {"t": task_id})
+    batches = []
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        for batch in range(10):
+            ctx.should_stop()
+            batches.append(batch)
+        return {}
+
+    result = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    assert result.outcome is Outcome.FAILED and batches == []
+    assert _row(db_engine, task_id)["error_code"] == "task.deadline"
+
+
+def test_a_cancelled_task_stops_at_the_next_heartbeat(fast: Settings, db_engine: Engine,
+                                                      task_id: str) -> None:
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        journal.finish(db_engine, task_id, Status.CANCELLED, error_code="task.cancelled",
+                       error_message="cancelled by upstream")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ctx.should_stop()
+            time.sleep(0.1)
+        raise AssertionError("the cancel was never noticed")
+
+    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is Outcome.SKIP
+    row = _row(db_engine, task_id)
+    assert (row["status"], row["error_code"]) == ("cancelled", "task.cancelled")

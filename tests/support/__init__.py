@@ -1,0 +1,1 @@
+"""Real servers for tests: a scripted webhook receiver and a small static file server."""

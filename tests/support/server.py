@@ -1,0 +1,52 @@
+"""A threaded ``http.server`` on 127.0.0.1, an ephemeral port, started and stopped by ``with``."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    #: The LoopbackServer that owns this server (handlers reach their state through it).
+    owner: Any = None
+
+
+class LoopbackServer:
+    """Serve ``handler`` on 127.0.0.1:<free port> in a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = _Server(("127.0.0.1", 0), handler)
+        self.httpd.owner = self
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def owner(self) -> Any:
+        return getattr(self.server, "owner", None)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass

@@ -1,0 +1,60 @@
+"""The CLI's contract: verbs, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from kafka import KafkaConsumer
+
+from pipeline.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, **env))
+
+
+def test_wrong_postgres_password_is_one_line_exit_3(stack: Settings) -> None:
+    proc = cli("db", "current", SONIC_PG_PASSWORD="not-the-password")
+    assert proc.returncode == 3
+    line, = proc.stderr.strip().splitlines()
+    assert "password authentication failed" in line and "SONIC_PG_PASSWORD" in line
+    assert "not-the-password" not in proc.stderr
+
+
+def test_postgres_not_listening_is_one_line_exit_4(stack: Settings) -> None:
+    proc = cli("db", "upgrade", SONIC_PG_PORT="1")
+    assert proc.returncode == 4
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("sonic-pipeline: service.unavailable: postgres: cannot connect")
+
+
+def test_show_unknown_task_is_exit_1_with_its_code(stack: Settings) -> None:
+    proc = cli("show", "no-such-task")
+    assert proc.returncode == 1
+    assert "task.not_found" in proc.stderr
+
+
+def test_submit_publishes_the_seed_shape(stack: Settings, unique: str) -> None:
+    topic = f"test-submit-{unique}"
+    proc = cli("submit", "--image", "/uploads/a.jpg", "--audio", "/uploads/a.wav",
+               "--callback-url", "https://api.example.com/cb", "--task-id", f"t-{unique}",
+               SONIC_TOPIC_TASKS=topic)
+    assert proc.returncode == 0, proc.stderr
+    sent = json.loads(proc.stdout)
+    consumer = KafkaConsumer(topic, auto_offset_reset="earliest", consumer_timeout_ms=10000,
+                             **stack.kafka_client_config())
+    records = [r for r in consumer]
+    consumer.close()
+    assert len(records) == 1 and records[0].offset == sent["offset"]
+    message = json.loads(records[0].value)
+    assert (message["task_id"], message["image_url"], message["audio_url"],
+            message["callback_url"]) == (f"t-{unique}", "/uploads/a.jpg", "/uploads/a.wav",
+                                         "https://api.example.com/cb")
+    assert records[0].key == f"t-{unique}".encode()
