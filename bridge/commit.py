@@ -23,8 +23,16 @@ class Watermark:
         self._committed: dict[TopicPartition, int] = {}
 
     def track(self, tp: TopicPartition, offset: int) -> None:
-        """A polled offset, not yet durable (offsets arrive in increasing order)."""
-        self._pending.setdefault(tp, deque()).append(offset)
+        """A polled offset, not yet durable (offsets arrive in increasing order).
+
+        An offset at or below the last one tracked means the consumer's position went back
+        (the partition came back with a fresh position): what was pending comes again.
+        """
+        pending = self._pending.setdefault(tp, deque())
+        if pending and offset <= pending[-1]:
+            pending.clear()
+            self._done.pop(tp, None)
+        pending.append(offset)
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         """The record at ``offset`` is durable; advance over the contiguous prefix."""
@@ -36,7 +44,7 @@ class Watermark:
         while pending and pending[0] in done:
             first = pending.popleft()
             done.discard(first)
-            self._next[tp] = first + 1
+            self._next[tp] = max(first + 1, self._next.get(tp, 0))  # never backwards
 
     def rewind(self, tp: TopicPartition) -> int | None:
         """Forget the partition's pending offsets; the first one, to seek back to."""

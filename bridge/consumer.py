@@ -2,7 +2,13 @@
 
 kafka-python 3.x runs rebalance listeners on its IO thread, where a blocking call such
 as ``commit()`` raises: the listener only records what changed and re-applies the pause
-to new partitions; the loop drops revoked state and commits from the main thread.
+to new partitions; the loop drops the state of partitions that went away and commits from
+the main thread.
+
+Under the eager protocol every rebalance revokes every partition, but kafka-python keeps
+the position of a partition that the same member gets back: Kafka will not deliver its
+in-flight records again, so their offsets must stay tracked and be committed once durable.
+Only partitions lost, or revoked and not assigned back, are gone.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ CHECK_CRCS = importlib.util.find_spec("crc32c") is not None
 
 
 def make_consumer(settings: Settings, bootstrap_timeout_ms: int = 10_000) -> KafkaConsumer:
-    return KafkaConsumer(
+    consumer = KafkaConsumer(
         group_id=settings.consumer_group,
         group_instance_id=settings.kafka_group_instance_id,
         client_id=f"sonic-bridge-{socket.gethostname()}-{os.getpid()}",
@@ -40,25 +46,55 @@ def make_consumer(settings: Settings, bootstrap_timeout_ms: int = 10_000) -> Kaf
         bootstrap_timeout_ms=bootstrap_timeout_ms,
         **settings.kafka_client_config(),
     )
+    _finish_joins(consumer)
+    return consumer
+
+
+def _finish_joins(consumer: KafkaConsumer) -> None:
+    """Never leave a JoinGroup/SyncGroup round unfinished (kafka-python 3.0.x).
+
+    ``poll()`` drives a rebalance as a task and returns when its timeout expires, to await
+    the same task at the next ``poll()`` - but only while ``need_rejoin()`` holds. A leader
+    whose rejoin was caused by a metadata change records the new metadata when it computes
+    the assignment, inside that task; if the task finishes between two polls,
+    ``need_rejoin()`` is already false, the assignment is never applied, the partitions stay
+    pending revocation with heartbeats disabled, and the consumer fetches nothing again.
+    Here a round in flight, or finished but not applied, still counts as a rejoin: the next
+    ``poll()`` completes it (a finished one costs one more JoinGroup).
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_join_task"):
+        return  # another kafka-python: nothing to patch
+    need_rejoin = coordinator.need_rejoin
+
+    def need_rejoin_or_unfinished() -> bool:
+        return coordinator._join_task is not None or need_rejoin()
+
+    coordinator.need_rejoin = need_rejoin_or_unfinished
 
 
 class Rebalance(ConsumerRebalanceListener):
-    """Records revoked/lost partitions for the loop; keeps new ones paused when paused."""
+    """Records the partitions that went away for the loop; keeps new ones paused when paused."""
 
     def __init__(self, consumer: KafkaConsumer) -> None:
         self.consumer = consumer
         self.paused = False
         self._lock = threading.Lock()
         self._gone: set[TopicPartition] = set()
+        self._revoked: set[TopicPartition] = set()
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._forget(revoked)
+        with self._lock:  # gone unless the assignment that follows gives them back
+            self._revoked.update(revoked)
 
     def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
-        self._forget(lost)
+        self._forget(lost)  # their positions are reset: the records come again
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        assigned = list(assigned)
+        assigned = set(assigned)
+        with self._lock:
+            self._gone.update(self._revoked - assigned)
+            self._revoked.clear()
         if self.paused and assigned:
             self.consumer.pause(*assigned)
 

@@ -49,8 +49,8 @@ class Every:
         self._next = now + self.interval_s
         try:
             self.fn()
-        except TRANSIENT as exc:
-            log.warning("%s failed: %s", self.name, exc)
+        except TRANSIENT as exc:  # the first line: the driver's SQL echo is not news
+            log.warning("%s failed: %s", self.name, (str(exc).splitlines() or [""])[0])
 
 
 class Loop:
@@ -122,9 +122,11 @@ class Loop:
             return
         try:
             self.consumer.commit(offsets)
-        except CommitFailedError as exc:  # the group rebalanced: not ours any more
-            log.warning("commit refused after a rebalance (%s); the new owner re-reads", exc)
-            self.watermark.drop(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced under the commit. Partitions assigned back keep their
+            # position (and this watermark): committed after the rejoin. Those that went
+            # away are dropped by the rebalance listener; their new owner re-reads them.
+            log.warning("commit refused during a rebalance (%s); retried after it", exc)
             return
         except KafkaError as exc:
             log.warning("commit failed (%s); retried with the next batch", exc)

@@ -1,7 +1,9 @@
-"""SIGTERM/SIGINT: the first sets a flag the loop checks; a second exits at once."""
+"""SIGTERM/SIGINT: the first sets a flag the loop checks; a second exits at once.
+SIGUSR1 writes every thread's stack to stderr (a bridge that seems stuck tells where)."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -21,11 +23,13 @@ class Shutdown:
     def install(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._handle)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous.clear()
+        faulthandler.unregister(signal.SIGUSR1)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.requested:

@@ -12,6 +12,10 @@ One sweep, in one transaction under an advisory lock (one bridge sweeps at a tim
    again; a job that used its ``max_attempts`` fails with ``task.lost`` and its callback
    is published. ``attempts`` already counts each claimed try (the lease acquire bumps
    it), so a lost try is not counted twice.
+
+The bridge runs sweeps from its consumer loop, which must keep polling to stay in its
+group: a sweep waits at most ``LOCK_TIMEOUT`` for a lock (a migration, a long admin
+transaction) and then gives up until the next interval.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class NoMarkers:
         pass
 
 _LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext(:key))")
+LOCK_TIMEOUT = "2s"
+_LIMITS = text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 
 _STUCK = text("""
 SELECT task_id, priority FROM tasks
@@ -108,6 +114,7 @@ def sweep(engine: Engine, *, topic: str, requeue_after_s: float, max_attempts: i
     """One reconciler pass over ``topic``'s tasks (see the module docstring)."""
     markers = markers or NoMarkers()
     with engine.begin() as conn:
+        conn.execute(_LIMITS)
         if not conn.execute(_LOCK, {"key": f"sonic-reconcile:{topic}"}).scalar():
             return Sweep(locked=False)
         out = Sweep()

@@ -158,6 +158,24 @@ class Case:
         proc.send_signal(sig)
         return proc.wait(timeout=timeout_s)
 
+    def wait(self, predicate: Callable[[], bool], timeout_s: float, what: str,
+             interval_s: float = 0.2) -> None:
+        """``wait_for``; a failure carries every process's log tail (a live bridge first
+        writes its threads' stacks there: SIGUSR1)."""
+        try:
+            wait_for(predicate, timeout_s, what, interval_s)
+        except AssertionError as exc:
+            for proc in self.procs:
+                if proc.poll() is None and "bridge" in proc.args:
+                    proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            tails = []
+            for log in sorted(self.logs.glob("*.log")):
+                lines = [line for line in log.read_text(errors="replace").splitlines()
+                         if " kafka.conn" not in line and " kafka.net" not in line]
+                tails.append(f"--- {log.name} ---\n" + "\n".join(lines[-80:]))
+            raise AssertionError("\n".join([str(exc), *tails])) from None
+
     def log_of(self, proc: subprocess.Popen[bytes]) -> str:
         index = self.procs.index(proc)
         found = sorted(self.logs.glob(f"*-{index}.log"))

@@ -12,7 +12,7 @@ import pytest
 from bridge import dlq
 from bridge.main import EXIT_INVALID_RATIO, run
 from pipeline.settings import STAGES
-from tests.bridge.conftest import ROOT, Case, seed_message, wait_for
+from tests.bridge.conftest import ROOT, Case, seed_message
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +24,8 @@ def test_a_seed_message_is_admitted_queued_and_dispatched(make_case) -> None:
     case.produce([(b"user1", json.dumps(message).encode())])
 
     bridge = case.bridge()
-    wait_for(lambda: case.count("queued") == 1, 60, "the job to be queued")
-    wait_for(lambda: case.lag() == 0, 30, "the offset to be committed")
+    case.wait(lambda: case.count("queued") == 1, 60, "the job to be queued")
+    case.wait(lambda: case.lag() == 0, 30, "the offset to be committed")
     assert case.stop(bridge) == 0, case.log_of(bridge)
 
     row = case.rows()[task_id]
@@ -53,7 +53,7 @@ def test_the_same_task_id_runs_once_even_when_redelivered(make_case) -> None:
     case.produce([(key, json.dumps(seed_message(task_id)).encode())
                   for key in (b"k1", b"k2", b"k3")])
     bridge = case.bridge()
-    wait_for(lambda: case.lag() == 0, 60, "all three to be committed")
+    case.wait(lambda: case.lag() == 0, 60, "all three to be committed")
     assert case.stop(bridge) == 0
     assert case.count() == 1 and case.chains() == {task_id: 1}
     assert case.events("duplicate") == {task_id: 2}
@@ -62,7 +62,7 @@ def test_the_same_task_id_runs_once_even_when_redelivered(make_case) -> None:
     case.reset_offsets()
     assert case.lag() == 3
     bridge = case.bridge()
-    wait_for(lambda: case.lag() == 0, 60, "the redelivered messages to be committed")
+    case.wait(lambda: case.lag() == 0, 60, "the redelivered messages to be committed")
     assert case.stop(bridge) == 0
     assert case.count() == 1 and case.chains() == {task_id: 1}
     assert case.events("duplicate") == {task_id: 5}
@@ -92,7 +92,7 @@ def test_each_kind_of_invalid_message_goes_to_the_dlq(make_case) -> None:
     case.produce(messages, partition=0)
 
     bridge = case.bridge()
-    wait_for(lambda: case.lag() == 0, 60, "the partition to move past every message")
+    case.wait(lambda: case.lag() == 0, 60, "the partition to move past every message")
     assert case.stop(bridge) == 0
 
     rows = case.rows()
@@ -136,7 +136,7 @@ def test_sigterm_commits_everything_admitted_and_exits_0(make_case) -> None:
     ids = [f"{case.prefix}-{i:05d}" for i in range(3000)]
     case.produce(case.jobs(ids))
     bridge = case.bridge()
-    wait_for(lambda: case.count() > 0, 60, "admission to start", interval_s=0.02)
+    case.wait(lambda: case.count() > 0, 60, "admission to start", interval_s=0.02)
     assert case.stop(bridge, signal.SIGTERM) == 0, case.log_of(bridge)
 
     committed, _ = case.offsets()

@@ -10,8 +10,10 @@ import time
 import urllib.request
 
 import pytest
+from kafka import KafkaConsumer
+from sqlalchemy import text
 
-from tests.bridge.conftest import Case, wait_for
+from tests.bridge.conftest import Case
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,7 +32,7 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     while kills < 6 and case.count() < 4000:
         threshold = case.count() + rng.randint(1, 400)
         bridge = case.bridge("bridge", *overrides)
-        wait_for(lambda: case.count() >= threshold or bridge.poll() is not None, 90,
+        case.wait(lambda: case.count() >= threshold or bridge.poll() is not None, 90,
                  f"admission past {threshold}", interval_s=0.01)
         time.sleep(rng.uniform(0, 0.05))
         bridge.kill()  # SIGKILL: no cleanup, no commit, no leaving the group
@@ -41,7 +43,7 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     bridge = case.bridge("bridge", *overrides)
     # Everything admitted, and the reconciler marks what a kill left between Redis and
     # the queued mark (the dispatch marker says its chain is already there).
-    wait_for(lambda: case.count("queued") == 5000 and case.lag() == 0, 120,
+    case.wait(lambda: case.count("queued") == 5000 and case.lag() == 0, 120,
              "every job admitted and queued")
     assert case.stop(bridge) == 0
     assert case.count() == 5000
@@ -71,7 +73,7 @@ def test_backpressure_keeps_the_backlog_in_kafka_then_drains(make_case) -> None:
 
     # Given no workers: the bridge fills the window and pauses.
     bridge = case.bridge()
-    wait_for(lambda: case.count() >= 500, 60, "the window to fill")
+    case.wait(lambda: case.count() >= 500, 60, "the window to fill")
     time.sleep(6)  # a few in-flight recounts and one lag update later
     assert case.count() <= 500
     assert case.preprocess_depth() <= 500  # Redis holds at most the window
@@ -91,9 +93,9 @@ def test_backpressure_keeps_the_backlog_in_kafka_then_drains(make_case) -> None:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    wait_for(lambda: case.count("completed") == total, 240, "every job to drain",
+    case.wait(lambda: case.count("completed") == total, 240, "every job to drain",
              interval_s=1)
-    wait_for(lambda: case.lag() == 0, 30, "the lag to reach 0")
+    case.wait(lambda: case.lag() == 0, 30, "the lag to reach 0")
     print(f"drained {total} in {time.monotonic() - started:.1f} s")
     watcher.join(timeout=5)
     assert case.stop(bridge) == 0
@@ -107,12 +109,12 @@ def test_a_killed_member_s_partitions_are_taken_over(make_case) -> None:
     first = [f"{case.prefix}-a{i:05d}" for i in range(2000)]
     second = [f"{case.prefix}-b{i:05d}" for i in range(3000)]
     a = case.bridge("a")
-    wait_for(lambda: "Setting newly assigned partitions {" in case.log_of(a), 60, "a to join")
+    case.wait(lambda: "Setting newly assigned partitions {" in case.log_of(a), 60, "a to join")
     b = case.bridge("b")
-    wait_for(lambda: "Setting newly assigned partitions {" in case.log_of(b), 60,
+    case.wait(lambda: "Setting newly assigned partitions {" in case.log_of(b), 60,
              "b to join and the partitions to be shared")
     case.produce(case.jobs(first))
-    wait_for(lambda: case.count() == 2000, 60, "the first wave")
+    case.wait(lambda: case.count() == 2000, 60, "the first wave")
 
     producing = threading.Thread(target=lambda: [case.produce(case.jobs(second[i:i + 300]))
                                                  or time.sleep(0.1)
@@ -122,8 +124,47 @@ def test_a_killed_member_s_partitions_are_taken_over(make_case) -> None:
     a.send_signal(signal.SIGKILL)
     a.wait()
     producing.join()
-    wait_for(lambda: case.count("queued") == 5000 and case.lag() == 0, 90,
+    case.wait(lambda: case.count("queued") == 5000 and case.lag() == 0, 90,
              "b to take over a's partitions and finish")
     assert case.stop(b) == 0
     chains = case.chains()
     assert set(chains) == set(first + second) and max(chains.values()) == 1
+
+
+def test_a_batch_in_flight_across_a_rebalance_is_still_committed(make_case) -> None:
+    """kafka-python keeps a partition's position when a rebalance gives it back to the same
+    member, so Kafka will not deliver that batch again: the bridge must still commit it once
+    it is durable, or the partition's lag never reaches 0."""
+    case: Case = make_case(partitions=4)
+    ids = [f"{case.prefix}-{i}" for i in range(8)]
+    case.produce(case.jobs(ids))
+    blocked = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND strpos(query, 'INSERT INTO tasks') > 0")
+    with case.engine.connect() as conn:
+        hold = conn.begin()
+        conn.execute(text("LOCK TABLE tasks IN EXCLUSIVE MODE"))  # admission waits here
+        # The reconciler sweeps every second: it meets the lock too, and gives up quickly
+        # rather than stopping the loop that keeps the bridge in its group.
+        bridge = case.bridge("bridge", "reconcile_interval_s=1")
+
+        def waiting() -> bool:  # a new transaction each time: the view is a snapshot
+            with case.engine.connect() as probe:
+                return bool(probe.execute(blocked).scalar_one())
+
+        case.wait(waiting, 60, "the bridge's batch to wait on the lock")
+        # Another member joins (it reads another topic, so the bridge keeps all four
+        # partitions) and leaves: two rebalances while the batch is in flight.
+        joins = case.log_of(bridge).count("Setting newly assigned partitions")
+        other = KafkaConsumer(case.settings.topic_dlq, group_id=case.settings.consumer_group,
+                              enable_auto_commit=False, **case.settings.kafka_client_config())
+        case.wait(lambda: other.poll(timeout_ms=200) is not None and bool(other.assignment()),
+                  60, "the group to rebalance with a second member")
+        other.close()
+        case.wait(lambda: case.log_of(bridge).count("Setting newly assigned partitions")
+                  >= joins + 2, 60, "the bridge to take its partitions back")
+        assert case.count() == 0
+        hold.rollback()
+    case.wait(lambda: case.count("queued") == len(ids) and case.lag() == 0, 60,
+              "the batch to be admitted and committed after the rebalances")
+    assert case.stop(bridge) == 0
+    assert set(case.chains()) == set(ids) and max(case.chains().values()) == 1

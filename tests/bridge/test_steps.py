@@ -12,6 +12,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from bridge.backpressure import Backpressure, InFlight
 from bridge.commit import Watermark
+from bridge.consumer import Rebalance
 from bridge.decode import decode_batch
 from bridge.guard import InvalidRatio, InvalidRatioExceeded
 from bridge.urls import InputChecks, Memo
@@ -62,6 +63,51 @@ class TestWatermark:
         w.done(TP0, 1)
         w.drop([TP0])
         assert w.offsets() == {}
+
+    def test_a_position_that_went_back_restarts_the_partition_and_never_lowers_it(self) -> None:
+        w = Watermark()
+        for offset in (0, 1, 2, 3):
+            w.track(TP0, offset)
+        w.done(TP0, 0)
+        w.done(TP0, 1)
+        # The partition came back with its committed position: 0..3 are delivered again.
+        for offset in (0, 1, 2, 3):
+            w.track(TP0, offset)
+        assert w.pending() == 4
+        w.done(TP0, 0)
+        assert w.offsets()[TP0].offset == 2  # not 1: what was durable stays durable
+        for offset in (1, 2, 3):
+            w.done(TP0, offset)
+        assert w.offsets()[TP0].offset == 4 and w.pending() == 0
+
+
+class TestRebalance:
+    class Consumer:
+        def __init__(self) -> None:
+            self.paused: list[TopicPartition] = []
+
+        def pause(self, *partitions: TopicPartition) -> None:
+            self.paused.extend(partitions)
+
+    def test_only_partitions_that_went_away_are_gone(self) -> None:
+        consumer = self.Consumer()
+        r = Rebalance(consumer)  # type: ignore[arg-type]
+        # An eager rebalance revokes everything, then gives TP0 back: TP0 keeps its
+        # position (and its in-flight offsets), TP1 moved to another member.
+        r.on_partitions_revoked({TP0, TP1})
+        assert r.take_gone() == set()  # nothing decided before the assignment
+        r.on_partitions_assigned({TP0})
+        assert r.take_gone() == {TP1}
+        r.on_partitions_lost({TP0})  # lost: its position is reset, its records come again
+        assert r.take_gone() == {TP0} and r.take_gone() == set()
+        assert consumer.paused == []
+
+    def test_new_partitions_stay_paused_while_paused(self) -> None:
+        consumer = self.Consumer()
+        r = Rebalance(consumer)  # type: ignore[arg-type]
+        r.paused = True
+        r.on_partitions_assigned({TP0, TP1})
+        assert set(consumer.paused) == {TP0, TP1}
 
 
 class TestBackpressure:

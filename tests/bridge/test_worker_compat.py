@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import chains
 from pipeline.settings import STAGES
-from tests.bridge.conftest import Case, wait_for
+from tests.bridge.conftest import Case
 from tests.bridge.noop_app import LOG_KEY
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def test_a_worker_runs_every_stage_of_fast_dispatched_chains_in_order(make_case)
     expected = [t for t, _ in fast] + [f"{case.prefix}-odd id'\"", plain]
 
     worker = case.worker()
-    wait_for(lambda: case.redis.llen(LOG_KEY) >= 5 * len(expected), 90,
+    case.wait(lambda: case.redis.llen(LOG_KEY) >= 5 * len(expected), 90,
              "every stage of every chain to run")
     assert case.stop(worker) == 0
     ran: dict[str, list[tuple[str, str]]] = {}
