@@ -76,7 +76,7 @@ class Loop:
                 self.once()
         finally:
             self.collect(self.batches.outcomes(wait=True))
-            self.commit()
+            self.final_commit()
 
     def once(self) -> None:
         flow = self._flow()
@@ -115,11 +115,12 @@ class Loop:
                     self.watermark.done(TopicPartition(r.topic, r.partition), r.offset)
             self._rewind(set(out.failed))
 
-    def commit(self) -> None:
+    def commit(self) -> bool:
+        """Commit the durable prefix; False when it must be tried again."""
         assigned = self.consumer.assignment()
         offsets = {tp: m for tp, m in self.watermark.offsets().items() if tp in assigned}
         if not offsets:
-            return
+            return True
         try:
             self.consumer.commit(offsets)
         except CommitFailedError as exc:
@@ -127,11 +128,29 @@ class Loop:
             # position (and this watermark): committed after the rejoin. Those that went
             # away are dropped by the rebalance listener; their new owner re-reads them.
             log.warning("commit refused during a rebalance (%s); retried after it", exc)
-            return
+            return False
         except KafkaError as exc:
             log.warning("commit failed (%s); retried with the next batch", exc)
-            return
+            return False
         self.watermark.committed(offsets)
+        return True
+
+    def final_commit(self, timeout_s: float = 10.0) -> None:
+        """On the way out: commit what is durable, finishing a rebalance if one is under
+        way (partitions paused: the polls that drive it return no records)."""
+        deadline = time.monotonic() + timeout_s
+        self.rebalance.paused = True
+        try:
+            self.consumer.pause(*self.consumer.assignment())
+            while not self.commit() and time.monotonic() < deadline:
+                self.consumer.poll(timeout_ms=200)
+                self.watermark.drop(self.rebalance.take_gone())
+        except KafkaError as exc:
+            log.warning("final commit failed (%s)", exc)
+        left = sum(1 for tp in self.watermark.offsets() if tp in self.consumer.assignment())
+        if left:
+            log.warning("stopping with %d partitions' durable offsets uncommitted: "
+                        "their records come again and are counted as duplicates", left)
 
     def _flow(self) -> Flow:
         try:

@@ -8,11 +8,13 @@ import os
 
 import pytest
 from kafka import TopicPartition
+from kafka.errors import CommitFailedError
 from kafka.consumer.fetcher import ConsumerRecord
 
 from bridge.backpressure import Backpressure, InFlight
 from bridge.commit import Watermark
 from bridge.consumer import Rebalance
+from bridge.loop import Loop
 from bridge.decode import decode_batch
 from bridge.guard import InvalidRatio, InvalidRatioExceeded
 from bridge.urls import InputChecks, Memo
@@ -202,3 +204,51 @@ def test_decode_batch_builds_rows_and_rejections() -> None:
     assert json.loads(out.rows[0][12])["z"] == 1  # the payload keeps unknown fields
     (rejection,) = out.rejections
     assert rejection.error.code == "message.invalid_json" and rejection.row() is None
+
+
+class TestFinalCommit:
+    """On shutdown the loop commits what is durable even when a rebalance refuses the first
+    try: it pauses its partitions and polls (no records) until the commit goes through."""
+
+    class Consumer:
+        def __init__(self, refusals: int) -> None:
+            self.refusals, self.commits, self.polls = refusals, [], 0
+            self.paused: set[TopicPartition] = set()
+
+        def assignment(self) -> set[TopicPartition]:
+            return {TP0, TP1}
+
+        def pause(self, *partitions: TopicPartition) -> None:
+            self.paused.update(partitions)
+
+        def poll(self, timeout_ms: int) -> dict:
+            assert self.paused == {TP0, TP1}  # the polls that finish a rebalance fetch nothing
+            self.polls += 1
+            return {}
+
+        def commit(self, offsets: dict) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise CommitFailedError("the group is rebalancing")
+            self.commits.append({tp: m.offset for tp, m in offsets.items()})
+
+    def loop(self, consumer: "TestFinalCommit.Consumer") -> Loop:
+        loop = Loop.__new__(Loop)  # only the consumer, the listener and the watermark
+        loop.consumer, loop.rebalance = consumer, Rebalance(consumer)  # type: ignore[arg-type]
+        loop.watermark = Watermark()
+        for offset in (0, 1, 2):
+            loop.watermark.track(TP0, offset)
+            loop.watermark.done(TP0, offset)
+        return loop
+
+    def test_a_refused_commit_is_retried_after_the_rebalance(self) -> None:
+        consumer = self.Consumer(refusals=2)
+        self.loop(consumer).final_commit(timeout_s=5)
+        assert consumer.commits == [{TP0: 3}] and consumer.polls == 2
+
+    def test_it_gives_up_at_the_deadline(self) -> None:
+        consumer = self.Consumer(refusals=10**6)
+        loop = self.loop(consumer)
+        loop.final_commit(timeout_s=0.05)
+        assert consumer.commits == [] and consumer.polls >= 1
+        assert loop.watermark.offsets()[TP0].offset == 3  # still owed, not forgotten
