@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class Every:
-    """Run ``fn`` at most every ``interval_s`` seconds; its service errors are logged."""
+    """Run ``fn`` at most every ``interval_s`` seconds, counted from the end of its last
+    run (a slow run never leaves the loop without time to poll); its service errors are
+    logged."""
 
     def __init__(self, interval_s: float, fn: Callable[[], object], name: str) -> None:
         self.interval_s, self.fn, self.name = interval_s, fn, name
@@ -46,11 +48,12 @@ class Every:
         now = time.monotonic()
         if now < self._next:
             return
-        self._next = now + self.interval_s
         try:
             self.fn()
         except TRANSIENT as exc:  # the first line: the driver's SQL echo is not news
             log.warning("%s failed: %s", self.name, (str(exc).splitlines() or [""])[0])
+        finally:
+            self._next = time.monotonic() + self.interval_s
 
 
 class Loop:

@@ -14,7 +14,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from bridge.backpressure import Backpressure, InFlight
 from bridge.commit import Watermark
 from bridge.consumer import Rebalance
-from bridge.loop import Loop
+from bridge.loop import Every, Loop
 from bridge.decode import decode_batch
 from bridge.guard import InvalidRatio, InvalidRatioExceeded
 from bridge.urls import InputChecks, Memo
@@ -252,3 +252,26 @@ class TestFinalCommit:
         loop.final_commit(timeout_s=0.05)
         assert consumer.commits == [] and consumer.polls >= 1
         assert loop.watermark.offsets()[TP0].offset == 3  # still owed, not forgotten
+
+
+def test_a_periodic_step_waits_its_interval_after_a_slow_run(monkeypatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("bridge.loop.time.monotonic", lambda: clock[0])
+    runs = []
+
+    def slow_failing() -> None:  # takes 5 s, then meets a lock timeout
+        runs.append(clock[0])
+        clock[0] += 5.0
+        raise OSError("canceling statement due to lock timeout\nSQL: ...")
+
+    step = Every(1.0, slow_failing, "reconciler")
+    step()
+    assert runs == []  # not before its first interval
+    clock[0] = 101.0
+    step()  # runs, fails (logged, not raised) and ends at 106
+    clock[0] = 106.5
+    step()
+    assert runs == [101.0]  # a second later than its end, not at once
+    clock[0] = 107.0
+    step()
+    assert runs == [101.0, 107.0]
