@@ -150,7 +150,8 @@ class Loop:
                 self.watermark.drop(self.rebalance.take_gone())
         except KafkaError as exc:
             log.warning("final commit failed (%s)", exc)
-        left = sum(1 for tp in self.watermark.offsets() if tp in self.consumer.assignment())
+        assigned = self.consumer.assignment()
+        left = sum(1 for tp in self.watermark.offsets() if tp in assigned)
         if left:
             log.warning("stopping with %d partitions' durable offsets uncommitted: "
                         "their records come again and are counted as duplicates", left)

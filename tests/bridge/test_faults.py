@@ -154,14 +154,16 @@ def test_a_batch_in_flight_across_a_rebalance_is_still_committed(make_case) -> N
         case.wait(waiting, 60, "the bridge's batch to wait on the lock")
         # Another member joins (it reads another topic, so the bridge keeps all four
         # partitions) and leaves: two rebalances while the batch is in flight.
-        joins = case.log_of(bridge).count("Setting newly assigned partitions")
+        def joins() -> int:
+            return case.log_of(bridge).count("Setting newly assigned partitions")
+
+        before = joins()
         other = KafkaConsumer(case.settings.topic_dlq, group_id=case.settings.consumer_group,
                               enable_auto_commit=False, **case.settings.kafka_client_config())
         case.wait(lambda: other.poll(timeout_ms=200) is not None and bool(other.assignment()),
                   60, "the group to rebalance with a second member")
         other.close()
-        case.wait(lambda: case.log_of(bridge).count("Setting newly assigned partitions")
-                  >= joins + 2, 60, "the bridge to take its partitions back")
+        case.wait(lambda: joins() >= before + 2, 60, "the bridge to take its partitions back")
         assert case.count() == 0
         hold.rollback()
     case.wait(lambda: case.count("queued") == len(ids) and case.lag() == 0, 60,

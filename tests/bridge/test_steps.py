@@ -83,16 +83,35 @@ class TestWatermark:
         assert w.offsets()[TP0].offset == 4 and w.pending() == 0
 
 
+class FakeConsumer:
+    """What the rebalance listener and the final commit use of a KafkaConsumer: it holds
+    TP0 and TP1 and refuses its first ``refusals`` commits (a rebalance under way)."""
+
+    def __init__(self, refusals: int = 0) -> None:
+        self.refusals, self.commits, self.polls = refusals, [], 0
+        self.paused: list[TopicPartition] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP0, TP1}
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.extend(partitions)
+
+    def poll(self, timeout_ms: int) -> dict:
+        assert set(self.paused) == {TP0, TP1}  # the polls that finish a rebalance fetch nothing
+        self.polls += 1
+        return {}
+
+    def commit(self, offsets: dict) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise CommitFailedError("the group is rebalancing")
+        self.commits.append({tp: m.offset for tp, m in offsets.items()})
+
+
 class TestRebalance:
-    class Consumer:
-        def __init__(self) -> None:
-            self.paused: list[TopicPartition] = []
-
-        def pause(self, *partitions: TopicPartition) -> None:
-            self.paused.extend(partitions)
-
     def test_only_partitions_that_went_away_are_gone(self) -> None:
-        consumer = self.Consumer()
+        consumer = FakeConsumer()
         r = Rebalance(consumer)  # type: ignore[arg-type]
         # An eager rebalance revokes everything, then gives TP0 back: TP0 keeps its
         # position (and its in-flight offsets), TP1 moved to another member.
@@ -105,7 +124,7 @@ class TestRebalance:
         assert consumer.paused == []
 
     def test_new_partitions_stay_paused_while_paused(self) -> None:
-        consumer = self.Consumer()
+        consumer = FakeConsumer()
         r = Rebalance(consumer)  # type: ignore[arg-type]
         r.paused = True
         r.on_partitions_assigned({TP0, TP1})
@@ -210,29 +229,7 @@ class TestFinalCommit:
     """On shutdown the loop commits what is durable even when a rebalance refuses the first
     try: it pauses its partitions and polls (no records) until the commit goes through."""
 
-    class Consumer:
-        def __init__(self, refusals: int) -> None:
-            self.refusals, self.commits, self.polls = refusals, [], 0
-            self.paused: set[TopicPartition] = set()
-
-        def assignment(self) -> set[TopicPartition]:
-            return {TP0, TP1}
-
-        def pause(self, *partitions: TopicPartition) -> None:
-            self.paused.update(partitions)
-
-        def poll(self, timeout_ms: int) -> dict:
-            assert self.paused == {TP0, TP1}  # the polls that finish a rebalance fetch nothing
-            self.polls += 1
-            return {}
-
-        def commit(self, offsets: dict) -> None:
-            if self.refusals:
-                self.refusals -= 1
-                raise CommitFailedError("the group is rebalancing")
-            self.commits.append({tp: m.offset for tp, m in offsets.items()})
-
-    def loop(self, consumer: "TestFinalCommit.Consumer") -> Loop:
+    def loop(self, consumer: FakeConsumer) -> Loop:
         loop = Loop.__new__(Loop)  # only the consumer, the listener and the watermark
         loop.consumer, loop.rebalance = consumer, Rebalance(consumer)  # type: ignore[arg-type]
         loop.watermark = Watermark()
@@ -242,12 +239,12 @@ class TestFinalCommit:
         return loop
 
     def test_a_refused_commit_is_retried_after_the_rebalance(self) -> None:
-        consumer = self.Consumer(refusals=2)
+        consumer = FakeConsumer(refusals=2)
         self.loop(consumer).final_commit(timeout_s=5)
         assert consumer.commits == [{TP0: 3}] and consumer.polls == 2
 
     def test_it_gives_up_at_the_deadline(self) -> None:
-        consumer = self.Consumer(refusals=10**6)
+        consumer = FakeConsumer(refusals=10**6)
         loop = self.loop(consumer)
         loop.final_commit(timeout_s=0.05)
         assert consumer.commits == [] and consumer.polls >= 1
