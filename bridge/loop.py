@@ -40,9 +40,11 @@ class Every:
     run (a slow run never leaves the loop without time to poll); its service errors are
     logged."""
 
-    def __init__(self, interval_s: float, fn: Callable[[], object], name: str) -> None:
+    def __init__(self, interval_s: float, fn: Callable[[], object], name: str,
+                 first_s: float | None = None) -> None:
+        """``first_s``: seconds before the first run (default: one interval)."""
         self.interval_s, self.fn, self.name = interval_s, fn, name
-        self._next = time.monotonic() + interval_s
+        self._next = time.monotonic() + (interval_s if first_s is None else first_s)
 
     def __call__(self) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from functools import partial
 
 from kafka import KafkaProducer
@@ -31,6 +32,7 @@ from bridge.process import Process
 from bridge.services import KAFKA_BOOTSTRAP_TIMEOUT_MS, kafka, postgres, redis_client
 from bridge.signals import Shutdown
 from pipeline import chains, reconcile
+from pipeline.epoch import RedisEpoch
 from pipeline.errors import ConfigError, ServiceUnavailable
 from pipeline.settings import Settings
 
@@ -101,12 +103,16 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         batches = BatchThread(process)
         stack.callback(batches.close)
         periodic = [
+            # The first sweep runs at once: jobs a dead bridge admitted but never
+            # dispatched (received before this one started) go out now.
             Every(settings.reconcile_interval_s, partial(
                 reconcile.sweep, engine, topic=topic,
                 requeue_after_s=settings.requeue_after_s, max_attempts=settings.max_attempts,
                 dispatch=lambda t, p, s: chains.dispatch_one(app, t, p, s),
-                markers=RedisMarkers(client, topic)),
-                "reconciler"),
+                markers=RedisMarkers(client, topic), stalled_after_s=settings.stalled_after_s,
+                callback_max_age_s=settings.webhook_max_age_s, since=_db_now(engine),
+                broker=RedisEpoch(client, topic)),
+                "reconciler", first_s=0.0),
             Every(settings.lag_interval_s,
                   lambda: metrics.LAG.labels(topic).set(lag(consumer)), "lag"),
         ]
@@ -119,6 +125,11 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
                     shutdown, settings.bridge_poll_timeout_ms, periodic, topic)
         metrics.serve(settings.metrics_port)
         yield loop
+
+
+def _db_now(engine: Engine) -> datetime:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT now()")).scalar_one()
 
 
 def _count_inflight(engine: Engine, topic: str) -> int:

@@ -40,10 +40,17 @@ CODES: dict[str, str] = {
     "credentials; not retried",
     "callback.retry": "the callback receiver timed out or answered 429/5xx; retried",
     "callback.rejected": "the callback receiver answered a 4xx other than 429; not retried",
+    "callback.expired": "the callback was still not delivered SONIC_WEBHOOK_MAX_AGE_S after "
+    "the job finished; given up",
     "message.invalid_json": "the Kafka message value is not a JSON object",
     "message.missing_field": "a required field is missing",
     "message.wrong_type": "a field has the wrong type or an invalid value",
     "message.too_large": "the Kafka message exceeds SONIC_MAX_MESSAGE_BYTES",
+    "message.out_of_range": "a numeric field is outside its documented range (the message "
+    "names the field and the range)",
+    "message.undecodable": "the Kafka client cannot decode the record (corrupt batch, a header "
+    "key that is not UTF-8, an unsupported codec); whatever bytes could be recovered go to "
+    "the DLQ",
     "input.forbidden_url": "an input URL's scheme, host or address is not allowed",
     "input.not_found": "an input file or object does not exist",
     "input.too_large": "an input exceeds SONIC_MAX_INPUT_BYTES",
@@ -61,6 +68,8 @@ CODES: dict[str, str] = {
     "task.deadline": "the job's deadline passed before it finished",
     "task.lost": "the job exhausted its attempts after workers died",
     "task.not_found": "no such task id in the tasks table",
+    "task.invalid_id": "a task id that cannot name a work dir or object key (letters, digits "
+    "and ._:- only, not starting with '.')",
 }
 
 

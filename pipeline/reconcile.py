@@ -13,6 +13,18 @@ One sweep, in one transaction under an advisory lock (one bridge sweeps at a tim
    is published. ``attempts`` already counts each claimed try (the lease acquire bumps
    it), so a lost try is not counted twice.
 
+3. jobs with no lease that made no progress for ``stalled_after_s`` (their Celery message
+   vanished: Redis lost its data, a worker died holding a prefetched message): ``queued``
+   or ``running`` between stages are published again from their current stage, finished
+   jobs whose callback is not settled get their callback stage again. After Redis comes
+   back with a new ``run_id`` (:class:`Broker` says so), this step runs at once for every
+   such job, whatever its age. A copy of a message that was not lost after all is
+   harmless: the stage lease lets one copy run, the others skip. ``updated_at`` is bumped
+   with each re-dispatch, so a job waiting its turn gets at most one extra copy per
+   ``stalled_after_s``.
+4. a callback is never re-dispatched once its job finished more than ``callback_max_age_s``
+   ago (``SONIC_WEBHOOK_MAX_AGE_S``): ``callback_status`` becomes ``failed`` instead.
+
 The bridge runs sweeps from its consumer loop, which must keep polling to stay in its
 group: a sweep waits at most ``LOCK_TIMEOUT`` for a lock (a migration, a long admin
 transaction) and then gives up until the next interval.
@@ -24,6 +36,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
@@ -44,6 +57,19 @@ class Markers(Protocol):
     def forget(self, task_ids: list[str]) -> None: ...
 
 
+class Broker(Protocol):
+    """The Celery broker's epoch: whether it restarted (and may have lost messages)."""
+
+    def restarted(self) -> str | None:
+        """A token for the broker's new epoch when it restarted since the last
+        :meth:`confirm`, else None."""
+        ...
+
+    def confirm(self, token: str) -> None:
+        """Every job of the old epoch has been dispatched again: remember ``token``."""
+        ...
+
+
 class NoMarkers:
     def pushed(self, task_ids: list[str]) -> set[str]:
         return set()
@@ -61,7 +87,8 @@ _LIMITS = text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
 _STUCK = text("""
 SELECT task_id, priority FROM tasks
 WHERE status = 'received' AND kafka_topic = :topic
-  AND received_at < now() - make_interval(secs => :after)
+  AND (received_at < now() - make_interval(secs => :after)
+       OR received_at < CAST(:since AS timestamptz))
 ORDER BY received_at LIMIT :limit FOR UPDATE SKIP LOCKED""")
 
 _STILL_RECEIVED = text("SELECT task_id FROM tasks WHERE task_id = ANY(:ids) "
@@ -76,7 +103,9 @@ WHERE task_id = ANY(:ids) AND status = 'received'""")
 _EXPIRED = text("""
 WITH expired AS (
     SELECT task_id, lease_owner, coalesce(lease_stage, stage, 'preprocess') AS lease_stage,
-           status = 'running' AND attempts >= :max AS lost
+           status = 'running' AND attempts >= :max AS lost,
+           status <> 'running' AND finished_at < now() - make_interval(secs => :max_age)
+               AS gave_up
     FROM tasks
     WHERE kafka_topic = :topic AND lease_owner IS NOT NULL AND lease_expires_at < now()
       AND (status = 'running' OR lease_stage = 'callback')
@@ -89,10 +118,36 @@ UPDATE tasks t SET
         THEN 'the stage ' || e.lease_stage || ' was lost ' || t.attempts
              || ' times (its worker stopped heart-beating)'
         ELSE t.error_message END,
-    finished_at = CASE WHEN e.lost THEN now() ELSE t.finished_at END
+    finished_at = CASE WHEN e.lost THEN now() ELSE t.finished_at END,
+    callback_status = CASE WHEN e.gave_up THEN 'failed' ELSE t.callback_status END
 FROM expired e
 WHERE t.task_id = e.task_id AND t.lease_expires_at < now()
-RETURNING t.task_id, t.priority, t.attempts, e.lost, e.lease_stage, e.lease_owner""")
+RETURNING t.task_id, t.priority, t.attempts, e.lost, e.gave_up, e.lease_stage,
+          e.lease_owner""")
+
+_FINAL = "'completed', 'failed', 'cancelled'"
+
+#: No lease, no progress: the job's Celery message is gone. Finished jobs whose callback is
+#: older than the callback's max age are settled as failed instead of sent again.
+_STALLED = text(f"""
+WITH stalled AS (
+    SELECT task_id FROM tasks
+    WHERE kafka_topic = :topic AND lease_owner IS NULL
+      AND updated_at < now() - make_interval(secs => :after)
+      AND (status IN ('queued', 'running')
+           OR (status IN ({_FINAL})
+               AND (callback_status IS NULL OR callback_status = 'retrying')))
+    ORDER BY updated_at LIMIT :limit FOR UPDATE SKIP LOCKED)
+UPDATE tasks t SET updated_at = now(),
+    callback_status = CASE
+        WHEN t.status IN ({_FINAL}) AND t.finished_at < now() - make_interval(secs => :max_age)
+        THEN 'failed' ELSE t.callback_status END
+FROM stalled s
+WHERE t.task_id = s.task_id
+RETURNING t.task_id, t.priority, t.attempts,
+          CASE WHEN t.status IN ({_FINAL}) THEN 'callback'
+               ELSE coalesce(t.stage, 'preprocess') END AS stage,
+          t.status IN ({_FINAL}) AND t.callback_status = 'failed' AS gave_up""")
 
 _EVENTS = text("""
 INSERT INTO task_events (task_id, stage, event, attempt, detail)
@@ -107,33 +162,59 @@ class Sweep:
     marked: list[str] = field(default_factory=list)  #: received -> queued, chain was there
     requeued: list[tuple[str, str]] = field(default_factory=list)  #: (task id, stage)
     lost: list[str] = field(default_factory=list)  #: failed with task.lost
+    stalled: list[tuple[str, str]] = field(default_factory=list)  #: (task id, stage) re-sent
+    callbacks_expired: list[str] = field(default_factory=list)  #: callback given up by age
+    broker_restarted: bool = False  #: the broker's new epoch was handled in this sweep
 
 
 def sweep(engine: Engine, *, topic: str, requeue_after_s: float, max_attempts: int,
-          dispatch: DispatchFn, markers: Markers | None = None, limit: int = 500) -> Sweep:
-    """One reconciler pass over ``topic``'s tasks (see the module docstring)."""
+          dispatch: DispatchFn, markers: Markers | None = None, limit: int = 500,
+          stalled_after_s: float | None = None, callback_max_age_s: float = 24 * 3600,
+          since: datetime | None = None, broker: Broker | None = None) -> Sweep:
+    """One reconciler pass over ``topic``'s tasks (see the module docstring).
+
+    ``requeue_after_s``: age of a ``received`` job before it is dispatched again; also
+    any job received before ``since`` (the start of this bridge: its admitter died).
+    ``stalled_after_s``: seconds without lease or progress before a job's stage is sent
+    again (None: step 3 runs only after a broker restart). ``callback_max_age_s``: seconds
+    after a job finished when its callback is given up. Raises the driver's or the
+    broker's errors (the caller logs them and tries at the next interval).
+    """
     markers = markers or NoMarkers()
+    epoch = broker.restarted() if broker is not None else None
     with engine.begin() as conn:
         conn.execute(_LIMITS)
         if not conn.execute(_LOCK, {"key": f"sonic-reconcile:{topic}"}).scalar():
             return Sweep(locked=False)
-        out = Sweep()
-        _never_queued(conn, out, topic, requeue_after_s, limit, dispatch, markers)
-        _expired_leases(conn, out, topic, max_attempts, limit, dispatch)
+        out = Sweep(broker_restarted=epoch is not None)
+        _never_queued(conn, out, topic, requeue_after_s, since, limit, dispatch, markers)
+        _expired_leases(conn, out, topic, max_attempts, callback_max_age_s, limit, dispatch)
+        more = False
+        if epoch is not None or stalled_after_s is not None:
+            after = 0.0 if epoch is not None else float(stalled_after_s or 0.0)
+            more = _stalled(conn, out, topic, after, callback_max_age_s, limit,
+                            dispatch) >= limit
         # Markers of tasks no longer received (a bridge died before removing them).
         some = markers.some(limit)
         still = {r[0] for r in conn.execute(_STILL_RECEIVED, {"ids": some})} if some else set()
     markers.forget(out.queued + out.marked + [t for t in some if t not in still])
-    if out.queued or out.marked or out.requeued or out.lost:
+    if epoch is not None and broker is not None and not more:
+        broker.confirm(epoch)  # else the next sweep goes on with the rest
+    if (out.queued or out.marked or out.requeued or out.lost or out.stalled
+            or out.callbacks_expired):
         log.warning("reconciler: %d re-dispatched, %d marked queued, %d stages re-queued, "
-                    "%d lost", len(out.queued), len(out.marked), len(out.requeued),
-                    len(out.lost))
+                    "%d lost, %d stalled re-sent%s, %d callbacks given up", len(out.queued),
+                    len(out.marked), len(out.requeued), len(out.lost), len(out.stalled),
+                    " (the broker restarted)" if epoch is not None else "",
+                    len(out.callbacks_expired))
     return out
 
 
-def _never_queued(conn: Connection, out: Sweep, topic: str, after: float, limit: int,
-                  dispatch: DispatchFn, markers: Markers) -> None:
-    rows = conn.execute(_STUCK, {"topic": topic, "after": after, "limit": limit}).all()
+def _never_queued(conn: Connection, out: Sweep, topic: str, after: float,
+                  since: datetime | None, limit: int, dispatch: DispatchFn,
+                  markers: Markers) -> None:
+    rows = conn.execute(_STUCK, {"topic": topic, "after": after, "since": since,
+                                 "limit": limit}).all()
     if not rows:
         return
     there = markers.pushed([r.task_id for r in rows])
@@ -150,12 +231,17 @@ def _never_queued(conn: Connection, out: Sweep, topic: str, after: float, limit:
 
 
 def _expired_leases(conn: Connection, out: Sweep, topic: str, max_attempts: int,
-                    limit: int, dispatch: DispatchFn) -> None:
-    rows = conn.execute(_EXPIRED, {"topic": topic, "max": max_attempts, "limit": limit}).all()
+                    max_age: float, limit: int, dispatch: DispatchFn) -> None:
+    rows = conn.execute(_EXPIRED, {"topic": topic, "max": max_attempts, "max_age": max_age,
+                                   "limit": limit}).all()
     events = []
     for row in rows:
         detail = {"reason": "lease_expired", "owner": row.lease_owner}
-        if row.lost:
+        if row.gave_up:
+            out.callbacks_expired.append(row.task_id)
+            events.append((row.task_id, "callback", "failed", row.attempts,
+                           dict(detail, code="callback.expired")))
+        elif row.lost:
             dispatch(row.task_id, row.priority, "callback")
             out.lost.append(row.task_id)
             events.append((row.task_id, row.lease_stage, "failed", row.attempts,
@@ -165,6 +251,25 @@ def _expired_leases(conn: Connection, out: Sweep, topic: str, max_attempts: int,
             out.requeued.append((row.task_id, row.lease_stage))
             events.append((row.task_id, row.lease_stage, "requeued", row.attempts, detail))
     _events(conn, events)
+
+
+def _stalled(conn: Connection, out: Sweep, topic: str, after: float, max_age: float,
+             limit: int, dispatch: DispatchFn) -> int:
+    rows = conn.execute(_STALLED, {"topic": topic, "after": after, "max_age": max_age,
+                                   "limit": limit}).all()
+    events = []
+    reason = "broker_restarted" if out.broker_restarted else "stalled"
+    for row in rows:
+        if row.gave_up:
+            out.callbacks_expired.append(row.task_id)
+            events.append((row.task_id, "callback", "failed", row.attempts,
+                           {"reason": reason, "code": "callback.expired"}))
+            continue
+        dispatch(row.task_id, row.priority, row.stage)
+        out.stalled.append((row.task_id, row.stage))
+        events.append((row.task_id, row.stage, "requeued", row.attempts, {"reason": reason}))
+    _events(conn, events)
+    return len(rows)
 
 
 def _events(conn: Connection, events: Iterable[tuple[str, str, str, int, dict[str, object]]]) -> None:

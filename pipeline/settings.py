@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     #: The reconciler re-dispatches tasks admitted but not queued after this long.
     requeue_after_s: int = 60
     max_attempts: int = 3
+    #: Seconds a job may sit with no lease and no progress (its message in the Redis window,
+    #: or between two stages) before the reconciler sends its stage again. Keep it above
+    #: the longest wait in the window and the longest retry backoff (600 s).
+    stalled_after_s: int = 900
 
     # --- inputs (fetched by reference, never inline) -------------------------------------
     #: Local roots a path or file:// URL may point into (``path1,path2``).

@@ -34,8 +34,12 @@ class Redis(Service):
             f"maxmemory {s.redis_maxmemory}",
             # A full broker must refuse new tasks, never drop queued ones.
             "maxmemory-policy noeviction",
+            # Queued chain messages survive a restart: an append-only file, fsynced every
+            # second (at most a second of publishes can go; the reconciler re-sends those).
             'save ""',
-            "appendonly no",
+            "appendonly yes",
+            "appendfsync everysec",
+            'appenddirname "appendonly"',
         ]
         if s.redis_password is not None:
             lines.append(f"requirepass {s.redis_password.get_secret_value()}")
