@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import uuid
 
@@ -56,18 +54,16 @@ def worker_argv(pool: str, settings: Settings) -> list[str]:
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:
-    pools = tuple(POOLS) if args.pool == "all" else (args.pool,)
-    procs = [subprocess.Popen(worker_argv(pool, settings)) for pool in pools]
+    """Run the pools' Celery workers. One pool: exec'd in place (its supervisor is systemd
+    or Kubernetes). ``all``: children restarted when they die (:mod:`pipeline.supervise`)."""
+    from pipeline.supervise import Supervisor
 
-    def forward(signum: int, _frame: object) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [proc.wait() for proc in procs]
-    return max(codes, default=0)
+    if args.pool != "all":
+        argv = worker_argv(args.pool, settings)
+        os.execv(argv[0], argv)
+    supervisor = Supervisor({pool: worker_argv(pool, settings) for pool in POOLS})
+    supervisor.install()
+    return supervisor.run()
 
 
 def flower(args: argparse.Namespace, settings: Settings) -> int:
