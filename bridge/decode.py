@@ -74,8 +74,8 @@ def decode_batch(records: list[ConsumerRecord], settings: Settings,
             job.task_id, record.topic, record.partition, record.offset, key,
             job.ordering_key if job.ordering_key is not None else key,
             job.tenant, job.user_id, job.priority, job.engine, job.depends_on,
-            job.deadline_at(record.timestamp), record.value.decode(),
-            job.config.model_dump_json(exclude_unset=True), job.callback_url,
+            job.deadline_at(record.timestamp), job.payload_json(), job.config_json(),
+            job.callback_url,
         ))
         out.row_records.append(record)
         out.invalid.append(False)

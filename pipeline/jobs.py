@@ -5,75 +5,103 @@
 
     message.too_large      the value exceeds ``settings.max_message_bytes``
     message.invalid_json   not JSON, or not a JSON object
-    message.missing_field  a required field is absent
-    message.wrong_type     a field has the wrong type or an out-of-range value
+    message.missing_field  a required field is absent (or ``null``)
+    message.wrong_type     a field has the wrong type or an invalid value
+    message.out_of_range   a number outside its documented range (:mod:`pipeline.job_limits`)
     input.forbidden_url    an input or callback URL has a scheme that is not allowed
 
 The seed article's shape is accepted as it is; unknown fields are kept (``extra``) and
-stored with the rest of the payload.
+stored with the rest of the payload. A leading UTF-8 byte order mark is ignored. An
+explicit ``null`` for an optional field, or for any ``config`` knob, means absent: the
+stored payload and config never hold one, so stages read only validated values.
+Numbers are strict: ``true``/``false`` and strings are not numbers, and an integer field
+takes only a JSON integer (``25``, not ``25.0`` or ``1e9``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints,
+                      ValidationError, model_validator)
 
+from pipeline import job_limits as limits
 from pipeline.errors import InputError, InvalidMessage
 from pipeline.inputs import check_callback_url, check_url
+from pipeline.job_ids import TASK_ID_MAX, TASK_ID_PATTERN, peek_task_id, strip_bom
+from pipeline.job_limits import PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN
 from pipeline.settings import Settings
 
-#: Task ids: no whitespace or control characters, at most the column's 128 characters.
-TASK_ID_PATTERN = r"^[^\s\x00-\x1f\x7f]{1,128}$"
-#: Lowest and highest job priority (Celery on Redis: 0 runs first).
-PRIORITY_MIN, PRIORITY_MAX, PRIORITY_DEFAULT = 0, 9, 5
+__all__ = ["Job", "JobConfig", "OutputSpec", "decode", "peek_task_id", "TASK_ID_PATTERN",
+           "PRIORITY_MIN", "PRIORITY_MAX", "PRIORITY_DEFAULT"]
 
-TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN, max_length=TASK_ID_MAX)]
 Url = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Name = Annotated[str, StringConstraints(max_length=128)]
 
-
-class JobConfig(BaseModel):
-    """Render knobs (Sonic's names); unknown knobs are kept for the engine."""
-
-    model_config = ConfigDict(extra="allow")
-
-    min_resolution: int | None = Field(None, gt=0)
-    expand_ratio: float | None = Field(None, ge=0)
-    inference_steps: int | None = Field(None, gt=0)
-    dynamic_scale: float | None = Field(None, gt=0)
-    motion_scale: float | None = Field(None, gt=0)
-    seed: int | None = None
+#: NaN/Infinity written out as such: PostgreSQL's JSONB refuses them, so such a message
+#: is rejected (``message.invalid_json``) instead of having them silently become null.
+_MODEL = dict(allow_inf_nan=False, ser_json_inf_nan="constants")
 
 
-class OutputSpec(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _NullIsAbsent(BaseModel):
+    """An explicit ``null`` for a declared field means the field is absent."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
+
+class JobConfig(_NullIsAbsent):
+    """Render knobs (Sonic's names); unknown knobs are kept for the engine, null ones dropped."""
+
+    model_config = ConfigDict(extra="allow", **_MODEL)  # type: ignore[typeddict-item]
+
+    min_resolution: StrictInt | None = limits.MIN_RESOLUTION.field()
+    expand_ratio: StrictFloat | None = limits.EXPAND_RATIO.field()
+    inference_steps: StrictInt | None = limits.INFERENCE_STEPS.field()
+    dynamic_scale: StrictFloat | None = limits.DYNAMIC_SCALE.field()
+    motion_scale: StrictFloat | None = limits.MOTION_SCALE.field()
+    seed: StrictInt | None = limits.SEED.field()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_null_knobs(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+class OutputSpec(_NullIsAbsent):
+    model_config = ConfigDict(extra="allow", **_MODEL)  # type: ignore[typeddict-item]
 
     format: str | None = Field(None, max_length=16)
-    fps: float | None = Field(None, gt=0, le=120)
+    fps: StrictFloat | None = limits.OUTPUT_FPS.field()
 
 
-class Job(BaseModel):
+class Job(_NullIsAbsent):
     """One generation job. Required: ``task_id``, ``audio_url``, ``image_url``."""
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", **_MODEL)  # type: ignore[typeddict-item]
 
     task_id: TaskId
     audio_url: Url
     image_url: Url
-    duration: float | None = Field(None, ge=0)
+    duration: StrictFloat | None = limits.DURATION_S.field()
     config: JobConfig = Field(default_factory=JobConfig)
     callback_url: Url | None = None
     user_id: Name | None = None
     tenant: Name | None = None
-    priority: int = Field(PRIORITY_DEFAULT, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    priority: StrictInt = limits.PRIORITY.field(PRIORITY_DEFAULT)
     ordering_key: Annotated[str, StringConstraints(max_length=1024)] | None = None
     depends_on: list[TaskId] = Field(default_factory=list, max_length=1000)
     deadline: datetime | None = None
-    ttl_s: float | None = Field(None, gt=0)
+    ttl_s: StrictFloat | None = limits.TTL_S.field()
     engine: Annotated[str, StringConstraints(max_length=64)] | None = None
     output: OutputSpec | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -89,6 +117,15 @@ class Job(BaseModel):
         base = (datetime.fromtimestamp(produced_ms / 1000, timezone.utc) if produced_ms
                 else datetime.now(timezone.utc))
         return base + timedelta(seconds=self.ttl_s)
+
+    def payload_json(self) -> str:
+        """The message as admitted, for ``tasks.payload``: validated values, unknown fields
+        kept, no ``null`` for an optional field."""
+        return self.model_dump_json(exclude_unset=True)
+
+    def config_json(self) -> str:
+        """The render knobs given, for ``tasks.config`` (never a ``null`` knob)."""
+        return self.config.model_dump_json(exclude_unset=True)
 
 
 #: ``check(url, settings)``: raises InputError (``input.forbidden_url``) for a URL not allowed.
@@ -111,9 +148,14 @@ def decode(value: bytes | None, settings: Settings, *, check_url: UrlCheck | Non
             f"{settings.max_message_bytes}; send media by reference",
             code="message.too_large", task_id=peek_task_id(value))
     try:
-        job = Job.model_validate_json(value)
+        job = Job.model_validate_json(strip_bom(value))
     except ValidationError as exc:
-        raise _invalid(exc, value) from None
+        raise invalid_message(exc, value) from None
+    if job.duration is not None and job.duration > settings.max_audio_s:
+        raise InvalidMessage(
+            f"field 'duration' is out of range: {_show(job.duration)} given, expected a "
+            f"number from 0 to SONIC_MAX_AUDIO_S={limits.show_number(settings.max_audio_s)}",
+            code="message.out_of_range", task_id=job.task_id)
     if check_url is None or check_callback is None:
         check_url, check_callback = default_checks()
     try:
@@ -126,33 +168,47 @@ def decode(value: bytes | None, settings: Settings, *, check_url: UrlCheck | Non
     return job
 
 
-def peek_task_id(value: bytes) -> str | None:
-    """The task id of a message that failed validation, when one can be read."""
-    try:
-        data = json.loads(value)
-    except (ValueError, RecursionError):
-        return None
-    task_id = data.get("task_id") if isinstance(data, dict) else None
-    if isinstance(task_id, str) and 0 < len(task_id) <= 128 and task_id.isprintable() \
-            and not any(c.isspace() for c in task_id):
-        return task_id
-    return None
+_RANK = {"message.invalid_json": 0, "message.missing_field": 1, "message.wrong_type": 2,
+         "message.out_of_range": 3}
+_OUT_OF_RANGE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+_TYPE_HINTS = {
+    "int_type": "must be an integer: a JSON number without a fraction or exponent "
+                "(not true/false, a string, 25.0 or 1e9)",
+    "float_type": "must be a number (not true/false or a string)",
+    "finite_number": "must be a finite number",
+    "string_pattern_mismatch": f"must be 1 to {TASK_ID_MAX} ASCII letters, digits and ._:- "
+                               "not starting with '.'",
+}
 
 
-_RANK = {"message.invalid_json": 0, "message.missing_field": 1, "message.wrong_type": 2}
-
-
-def _invalid(exc: ValidationError, value: bytes) -> InvalidMessage:
+def invalid_message(exc: ValidationError, value: bytes | None = None,
+                    prefix: str = "") -> InvalidMessage:
+    """The one error reported for a failed validation: the most basic problem first
+    (invalid JSON, then missing, wrong type, out of range), naming the field and, for a
+    range, the documented bounds. ``prefix`` is the path of the validated part
+    (``"config"``); ``value`` the raw message, for its task id."""
     found: list[tuple[str, str]] = []
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in exc.errors(include_url=False):
         kind, loc = error["type"], error["loc"]
-        where = ".".join(str(part) for part in loc)
+        where = ".".join(str(part) for part in (prefix, *loc) if part != "")
         if kind == "json_invalid" or (kind == "model_type" and not loc):
             found.append(("message.invalid_json", f"the value is not a JSON object: {error['msg']}"))
         elif kind == "missing":
             found.append(("message.missing_field", f"field {where!r} is required"))
+        elif kind in _OUT_OF_RANGE:
+            bounds = limits.RANGES.get(where)
+            expected = bounds.describe() if bounds is not None else error["msg"]
+            found.append(("message.out_of_range", f"field {where!r} is out of range: "
+                          f"{_show(error.get('input'))} given, expected {expected}"))
         else:
-            found.append(("message.wrong_type", f"field {where!r}: {error['msg']}"))
+            hint = _TYPE_HINTS.get(kind, error["msg"])
+            found.append(("message.wrong_type", f"field {where!r}: {hint}"))
     code, message = min(found, key=lambda item: _RANK[item[0]])
-    task_id = None if code == "message.invalid_json" else peek_task_id(value)
-    return InvalidMessage(message, code=code, task_id=task_id)
+    return InvalidMessage(message, code=code, task_id=peek_task_id(value))
+
+
+
+def _show(number: object) -> str:
+    """A number for an error message, at most 40 characters."""
+    text = repr(number)
+    return text if len(text) <= 40 else text[:37] + "..."
