@@ -5,12 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine, text
 
 from pipeline.errors import CODES, CallbackRetry, ImageError, InputError, PermanentError
 from pipeline.settings import Settings, load
@@ -29,6 +34,7 @@ from pipeline.webhooks import (
     verify,
 )
 from tests.support.receiver import CallbackReceiver, Reply
+from tests.support.trickle import TrickleServer
 
 SECRET = "whsec_" + base64.b64encode(b"a test key of 24 bytes..").decode()
 NOW = 1_700_000_000
@@ -169,3 +175,151 @@ def test_a_private_callback_address_is_refused_unless_allowed(hook_settings: Set
                 deliver(url, build_payload("t", "completed"), "msg_z", strict)
             assert exc.value.code == "input.forbidden_url"
     assert receiver.requests == []
+
+
+# --- one deadline per attempt, whatever the receiver does --------------------------------
+#: The attempt's deadline in these tests, and how late an attempt may end past it.
+DEADLINE_S = 1.0
+SLACK_S = 0.5
+
+
+@pytest.fixture
+def trickle_settings() -> Settings:
+    return load(webhook_secret=SECRET, webhook_timeout_s=DEADLINE_S,
+                allow_private_networks=True)
+
+
+def _timed(url: str, settings: Settings) -> tuple[float, Any]:
+    started = time.monotonic()
+    try:
+        outcome: Any = deliver(url, build_payload("t", "completed"), "msg_t", settings)
+    except (CallbackRetry, PermanentError) as exc:
+        outcome = exc
+    return time.monotonic() - started, outcome
+
+
+@pytest.mark.parametrize("shape", ["silent", "deaf", "slow_status", "slow_headers",
+                                   "tls_silent"])
+def test_a_receiver_that_never_finishes_its_answer_times_out_on_one_deadline(
+        trickle_settings: Settings, shape: str) -> None:
+    # Each byte comes well within any per-read timeout; only a deadline on the whole
+    # attempt ends these.
+    with TrickleServer(shape, interval=0.1) as server:
+        elapsed, outcome = _timed(server.url("/hook"), trickle_settings)
+        hangups = server.wait_hangups(1)
+    assert isinstance(outcome, CallbackRetry), outcome
+    assert outcome.code == "callback.retry" and outcome.detail["timeout"] is True
+    assert DEADLINE_S * 0.9 <= elapsed < DEADLINE_S + SLACK_S
+    # The connection was closed at the deadline, not left to the receiver.
+    assert hangups[0] is not None and hangups[0] < DEADLINE_S + SLACK_S
+
+
+@pytest.mark.parametrize("shape", ["slow_body", "endless_body"])
+def test_a_2xx_counts_as_soon_as_its_headers_are_in(trickle_settings: Settings,
+                                                   shape: str) -> None:
+    with TrickleServer(shape, interval=0.1) as server:
+        elapsed, outcome = _timed(server.url("/hook"), trickle_settings)
+        hangups = server.wait_hangups(1)
+    assert not isinstance(outcome, Exception), outcome
+    assert (outcome.status_code, outcome.outcome) == (200, "delivered")
+    assert elapsed < SLACK_S and hangups[0] is not None and hangups[0] < SLACK_S
+
+
+def test_an_error_whose_body_trickles_keeps_its_status_and_ends_on_time(
+        trickle_settings: Settings) -> None:
+    with TrickleServer("error_slow_body", interval=0.1) as server:
+        elapsed, outcome = _timed(server.url("/hook"), trickle_settings)
+    assert isinstance(outcome, CallbackRetry), outcome
+    assert outcome.detail["status_code"] == 503 and not outcome.detail.get("timeout")
+    assert outcome.detail["body"].startswith("busy")  # what came before the deadline
+    assert DEADLINE_S * 0.9 <= elapsed < DEADLINE_S + SLACK_S
+
+
+def test_the_body_read_after_an_error_is_capped(trickle_settings: Settings) -> None:
+    reply = Reply(500, {"X-Why": "x"})
+    with CallbackReceiver(SECRET, [reply]) as receiver:
+        elapsed, outcome = _timed(receiver.url("/"), trickle_settings)
+    assert isinstance(outcome, CallbackRetry) and outcome.detail["status_code"] == 500
+    assert outcome.detail["body"] == "" and elapsed < SLACK_S
+
+
+@pytest.mark.integration
+def test_the_callback_stage_gives_up_by_age_and_leaves_the_task_completed(
+        db_engine: Engine, unique: str, tmp_path: Path) -> None:
+    """Given a completed job whose receiver trickles its headers, when the callback stage
+    runs until it gives up, then every attempt ends at the deadline, the callback is
+    ``failed`` and the job stays ``completed``."""
+    from pipeline.stages import callback
+    from pipeline.stages.runner import Outcome, run_stage
+
+    settings = load(webhook_secret=SECRET, webhook_timeout_s=0.5, webhook_max_age_s=2,
+                    allow_private_networks=True, work_dir=tmp_path, heartbeat_interval_s=1)
+    task_id = f"hook-trickle-{unique}"
+    with TrickleServer("slow_headers", interval=0.05) as server:
+        with db_engine.begin() as conn:
+            conn.execute(text("""
+                INSERT INTO tasks (task_id, status, stage, payload, callback_url,
+                                   received_at, finished_at, result_url)
+                VALUES (:t, 'completed', 'callback', '{}', :u, now(), now(), 'https://cdn/x')
+            """), {"t": task_id, "u": server.url("/hook")})
+        outcomes = []
+        for _ in range(20):
+            result = run_stage(settings, db_engine, task_id, "callback", callback.run,
+                               max_attempts=1_000_000)
+            outcomes.append(result.outcome)
+            if result.outcome is not Outcome.RETRY:
+                break
+    with db_engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
+                           {"t": task_id}).mappings().one()
+        deliveries = [r[0] for r in conn.execute(text(
+            "SELECT detail FROM task_events WHERE task_id = :t AND event = 'delivery' "
+            "ORDER BY id"), {"t": task_id})]
+    assert outcomes[-1] is Outcome.CONTINUE and set(outcomes[:-1]) == {Outcome.RETRY}
+    assert (row["status"], row["callback_status"]) == ("completed", "failed")
+    assert row["callback_attempts"] == len(deliveries) >= 3
+    assert all(d["code"] == "callback.retry" and d["timeout"] is True for d in deliveries)
+    assert all(d["duration_s"] < 0.5 + SLACK_S for d in deliveries)
+
+
+def test_https_goes_to_the_checked_address_with_sni_and_verifies_the_name(
+        hook_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.inputs import addresses
+    from tests.support.tls import self_signed
+
+    cert, key = self_signed(tmp_path, "hooks.example.test")
+    monkeypatch.setattr(addresses, "resolver",
+                        lambda host, port: [ipaddress.ip_address("127.0.0.1")])
+    with CallbackReceiver(SECRET, tls=(cert, key)) as receiver:
+        url = receiver.url("/hook", host="hooks.example.test")
+        with pytest.raises(CallbackRetry) as untrusted:  # self-signed: not trusted
+            deliver(url, build_payload("t", "completed"), "msg_s", hook_settings)
+        assert "TLS failed" in untrusted.value.message
+        assert untrusted.value.detail["timeout"] is False
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now trusted, for this name only
+        result = deliver(url, build_payload("t", "completed"), "msg_s", hook_settings)
+    assert result.outcome == "delivered"
+    assert receiver.server_names[-1] == "hooks.example.test"
+    assert receiver.requests[-1].headers["host"] == f"hooks.example.test:{receiver.port}"
+    assert receiver.requests[-1].verified
+
+
+def test_an_address_that_refuses_is_skipped_for_the_next_one(
+        hook_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.inputs import addresses
+
+    # The receiver listens on 127.0.0.1 only: 127.0.0.2 refuses the connection.
+    monkeypatch.setattr(addresses, "resolver", lambda host, port: [
+        ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.1")])
+    with CallbackReceiver(SECRET) as receiver:
+        result = deliver(receiver.url("/hook", host="hooks.example.test"),
+                         build_payload("t", "completed"), "msg_m", hook_settings)
+        assert result.outcome == "delivered" and len(receiver.requests) == 1
+    assert receiver.requests[0].headers["host"] == f"hooks.example.test:{receiver.port}"
+    monkeypatch.setattr(addresses, "resolver",
+                        lambda host, port: [ipaddress.ip_address("127.0.0.2")])
+    with pytest.raises(CallbackRetry) as refused:
+        deliver(receiver.url("/hook", host="hooks.example.test"),
+                build_payload("t", "completed"), "msg_m", hook_settings)
+    assert refused.value.detail["timeout"] is False
