@@ -7,6 +7,7 @@
     sonic-pipeline bridge                   the Kafka -> Celery bridge (python -m bridge)
     sonic-pipeline submit --image I --audio A [--callback-url U] [--task-id T]
     sonic-pipeline show TASK_ID             a task's row and its events
+    sonic-pipeline housekeeping [--older-than S] [--dry-run]   sweep finished jobs' work dirs
 
 Exit codes: 0 ok, 2 usage, 3 configuration error, 4 a service cannot be reached,
 1 anything else.
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--inference-steps", type=int, default=25)
     show = sub.add_parser("show", help="show a task and its events")
     show.add_argument("task_id")
+    house = sub.add_parser("housekeeping", help="remove the work dirs of finished jobs")
+    house.add_argument("--older-than", type=float, metavar="S",
+                       help="seconds untouched (default SONIC_WORKDIR_RETENTION_S)")
+    house.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     return parser
 
 
@@ -60,6 +65,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "bridge": commands.bridge,
         "submit": commands.submit,
         "show": commands.show,
+        "housekeeping": commands.housekeeping,
     }
     return handlers[args.verb](args, settings)
 

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     # --- media ------------------------------------------------------------------------------
     #: Shared work directory for stage artifacts (default: ``<state_dir>/work``).
     work_dir: Path | None = None
+    #: A final job's work dir is swept once nothing in it changed for this long (seconds);
+    #: the upload stage and a job failing for good remove theirs at once.
+    workdir_retention_s: int = 3600
+    #: Seconds between work-dir sweeps where a long-running process runs them.
+    housekeeping_interval_s: float = 300.0
     ffmpeg_bin: str = "ffmpeg"
     ffprobe_bin: str = "ffprobe"
     crf: int = 18
