@@ -12,6 +12,8 @@ Each error carries a stable ``code`` (a dotted string users can search for, stor
      |                                    (a missing bucket / 403 is storage.misconfigured,
      |                                     a PermanentError)
      |    +-- CallbackRetry               callback.retry  receiver timeout / 429 / 5xx
+     |    +-- DiskFull                    resource.disk_full  no space left on the work dir
+     |    +-- DatabaseUnavailable         database.unavailable  PostgreSQL gone mid-stage
      +-- PermanentError                   fail at once, never retried
           +-- InvalidMessage              message.*     not JSON, missing/wrong field, too big
           +-- InputError                  input.*       forbidden URL, too large, not found
@@ -21,6 +23,13 @@ Each error carries a stable ``code`` (a dotted string users can search for, stor
           +-- EncodeError                 encode.*      ffmpeg failed
           +-- DependencyFailed            dependency.failed  a depends_on job failed
           +-- Cancelled                   task.cancelled / task.deadline
+          +-- StageTimeout                stage.timeout  time limit or gpu budget exceeded
+          +-- OutOfMemory                 resource.out_of_memory  host or GPU memory
+          +-- InternalError               internal.error  any other exception (a bug)
+
+Any other exception a stage raises is mapped onto this tree by
+:func:`pipeline.faults.classify` (MemoryError, CUDA OOM, ENOSPC, cv2 decode errors,
+Celery's soft time limit, database disconnects; the rest ``internal.error``).
 
 The full list of codes is :data:`CODES`; the README documents it.
 """
@@ -70,6 +79,14 @@ CODES: dict[str, str] = {
     "task.not_found": "no such task id in the tasks table",
     "task.invalid_id": "a task id that cannot name a work dir or object key (letters, digits "
     "and ._:- only, not starting with '.')",
+    "stage.timeout": "a stage ran past its time limit, or the gpu stage past its budget "
+    "for the audio's length; not retried",
+    "resource.out_of_memory": "the stage ran out of host or GPU memory; not retried",
+    "resource.disk_full": "no space left on the work dir's device; retried",
+    "database.unavailable": "PostgreSQL failed or was unreachable during a stage; the stage "
+    "is retried with backoff, never dropped",
+    "internal.error": "a stage raised an unexpected exception (type and message in the "
+    "error, the traceback in task_events.detail); not retried",
 }
 
 
@@ -172,3 +189,23 @@ class DependencyFailed(PermanentError):
 
 class Cancelled(PermanentError):
     code = "task.cancelled"
+
+
+class StageTimeout(PermanentError):
+    code = "stage.timeout"
+
+
+class OutOfMemory(PermanentError):
+    code = "resource.out_of_memory"
+
+
+class InternalError(PermanentError):
+    code = "internal.error"
+
+
+class DiskFull(RecoverableError):
+    code = "resource.disk_full"
+
+
+class DatabaseUnavailable(RecoverableError):
+    code = "database.unavailable"

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     #: Soft/hard time limits per stage, seconds (the gpu stage gets the long ones).
     time_limit_s: int = 600
     gpu_time_limit_s: int = 3 * 3600
+    #: The gpu stage's budget for one job: base + per second of audio, capped by
+    #: ``gpu_time_limit_s``; past it the render stops with ``stage.timeout``.
+    gpu_budget_base_s: float = 600.0
+    gpu_budget_per_audio_s: float = 60.0
     worker_concurrency: int = 2
     #: Pool for the gpu queue. prefork with one child: the parent never touches CUDA, the
     #: child loads the model in ``worker_process_init`` and time limits are enforced.
@@ -115,6 +119,9 @@ class Settings(BaseSettings):
     #: The reconciler re-dispatches tasks admitted but not queued after this long.
     requeue_after_s: int = 60
     max_attempts: int = 3
+    #: Seconds a stage retries its closing database writes in place (a PostgreSQL restart)
+    #: before handing its message back to the broker for a retry with backoff.
+    db_retry_s: float = 30.0
     #: Seconds a job may sit with no lease and no progress (its message in the Redis window,
     #: or between two stages) before the reconciler sends its stage again. Keep it above
     #: the longest wait in the window and the longest retry backoff (600 s).

@@ -14,6 +14,7 @@ from pipeline.stages.glue import execute
 ATTEMPTS = 1_000_000
 
 
-@app.task(name=TASK_NAMES["callback"], bind=True)
-def run(self: Task, task_id: str) -> str:
-    return execute(self, settings, "callback", task_id, callback.run, max_attempts=ATTEMPTS)
+@app.task(name=TASK_NAMES["callback"], bind=True, max_retries=None)
+def run(self: Task, task_id: str, owner: str | None = None) -> str:
+    return execute(self, settings, "callback", task_id, callback.run, max_attempts=ATTEMPTS,
+                   owner=owner)

@@ -10,6 +10,6 @@ from pipeline.stages import encode
 from pipeline.stages.glue import execute
 
 
-@app.task(name=TASK_NAMES["encode"], bind=True)
-def run(self: Task, task_id: str) -> str:
-    return execute(self, settings, "encode", task_id, encode.run)
+@app.task(name=TASK_NAMES["encode"], bind=True, max_retries=None)
+def run(self: Task, task_id: str, owner: str | None = None) -> str:
+    return execute(self, settings, "encode", task_id, encode.run, owner=owner)

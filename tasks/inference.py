@@ -44,6 +44,6 @@ def _warm_parent(sender: Any = None, **_: Any) -> None:
         _warm()
 
 
-@app.task(name=TASK_NAMES["gpu"], bind=True)
-def run(self: Task, task_id: str) -> str:
-    return execute(self, settings, "gpu", task_id, inference.run)
+@app.task(name=TASK_NAMES["gpu"], bind=True, max_retries=None)
+def run(self: Task, task_id: str, owner: str | None = None) -> str:
+    return execute(self, settings, "gpu", task_id, inference.run, owner=owner)

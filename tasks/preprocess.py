@@ -10,6 +10,6 @@ from pipeline.stages import preprocess
 from pipeline.stages.glue import execute
 
 
-@app.task(name=TASK_NAMES["preprocess"], bind=True)
-def run(self: Task, task_id: str) -> str:
-    return execute(self, settings, "preprocess", task_id, preprocess.run)
+@app.task(name=TASK_NAMES["preprocess"], bind=True, max_retries=None)
+def run(self: Task, task_id: str, owner: str | None = None) -> str:
+    return execute(self, settings, "preprocess", task_id, preprocess.run, owner=owner)

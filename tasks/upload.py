@@ -10,6 +10,6 @@ from pipeline.stages import upload
 from pipeline.stages.glue import execute
 
 
-@app.task(name=TASK_NAMES["upload"], bind=True)
-def run(self: Task, task_id: str) -> str:
-    return execute(self, settings, "upload", task_id, upload.run)
+@app.task(name=TASK_NAMES["upload"], bind=True, max_retries=None)
+def run(self: Task, task_id: str, owner: str | None = None) -> str:
+    return execute(self, settings, "upload", task_id, upload.run, owner=owner)

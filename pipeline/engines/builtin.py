@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline.engines.base import FPS, Engine, Progress, RenderRequest, RenderResult, StopCheck
 from pipeline.engines.base import check_stop, output_size
-from pipeline.errors import EngineError
+from pipeline.errors import EngineError, OutOfMemory
+from pipeline.faults import describe, is_out_of_memory
 
 if TYPE_CHECKING:
     import torch
@@ -121,6 +122,10 @@ class BuiltinEngine(Engine):
                     count, shape = count + len(batch), batch.shape[1:3]
         except (RuntimeError, ValueError) as exc:  # torch errors, out of memory included
             partial.unlink(missing_ok=True)
+            if is_out_of_memory(exc):
+                raise OutOfMemory(f"builtin engine on {self.device}: {describe(exc)} "
+                                  "(lower min_resolution or SONIC_ENGINE_BATCH_FRAMES)",
+                                  exception=type(exc).__name__) from exc
             raise EngineError(f"builtin engine failed: {exc}", code="engine.failed") from exc
         except BaseException:
             partial.unlink(missing_ok=True)

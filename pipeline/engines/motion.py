@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 BANDS = ((80.0, 300.0), (300.0, 3000.0), (3000.0, 8000.0))
 #: Seeded head-motion noise gets a new random target every this many key frames (0.8 s).
 NOISE_KNOT_EVERY = 10
+#: Most smoothing passes ``steps`` can ask for (reached at 1000 steps): each pass costs a
+#: full convolution, and past this the curves hardly change, so an absurd ``steps``
+#: (1e9) costs what 1000 does instead of running for days before the first frame.
+MAX_PASSES = 40
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def controls(samples: np.ndarray, *, dynamic_scale: float, motion_scale: float,
     import torch
 
     rms, shares, centroid = band_features(samples)
-    passes = max(1, round(steps / 25))
+    passes = min(MAX_PASSES, max(1, round(steps / 25)))
     db = 20 * torch.log10(rms + 1e-8)
     peak_db = torch.quantile(db, 0.95)
     gate = ((db + 60) / 10).clamp(0, 1)  # below -60 dBFS: mouth shut

@@ -12,7 +12,10 @@ Sonic's quirks, handled here:
   become ``image.no_face``.
 - Its ffmpeg runs through ``os.system`` and the exit code is ignored: the output must
   exist and ffprobe must read a video stream from it, else ``engine.failed``.
-- ``process`` is one blocking call: cancel and deadline are noticed before and after it.
+- ``process`` is one blocking call: cancel and deadline are noticed before and after it;
+  inside it, the stage's watchdog raises in this thread (lease lost, cancel, budget), an
+  exception that passes ``except Exception`` and is noticed between Sonic's Python steps.
+- Out of GPU memory (``torch.cuda.OutOfMemoryError``) is ``resource.out_of_memory``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from typing import Any
 
 from pipeline.engines.base import Engine, Progress, RenderRequest, RenderResult, StopCheck
 from pipeline.engines.base import check_stop
-from pipeline.errors import EngineError, ImageError, PipelineError
+from pipeline.errors import EngineError, ImageError, OutOfMemory, PipelineError
+from pipeline.faults import describe, is_out_of_memory, is_soft_time_limit
 from pipeline.media.ffmpeg import probe, stream
 
 #: What Sonic loads from ``<repo>/checkpoints`` (paths relative to it).
@@ -116,10 +120,14 @@ class SonicEngine(Engine):
                 raise ImageError(f"Sonic found no face in {job.image_path.name}",
                                  code="image.no_face") from exc
             except Exception as exc:
-                hint = (" (out of GPU memory: Sonic keeps the whole video on the GPU for "
-                        "frame interpolation; shorten the audio)"
-                        if "OutOfMemory" in type(exc).__name__ else "")
-                raise EngineError(f"Sonic failed: {type(exc).__name__}: {exc}{hint}",
+                if is_soft_time_limit(exc):
+                    raise  # the runner reports it as stage.timeout
+                if is_out_of_memory(exc):
+                    raise OutOfMemory(f"Sonic ran out of GPU memory: {describe(exc)} (it keeps "
+                                      "the whole video on the GPU for frame interpolation; "
+                                      "shorten the audio)",
+                                      exception=type(exc).__name__) from exc
+                raise EngineError(f"Sonic failed: {type(exc).__name__}: {exc}",
                                   code="engine.failed") from exc
             finally:
                 setattr(owner, "config", saved)

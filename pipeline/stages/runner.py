@@ -1,13 +1,21 @@
-"""Run one stage of one task: lease, heartbeat, events, forward-only outcome.
+"""Run one stage of one task: lease, watchdog, events, forward-only outcome.
 
-Plain Python, no Celery: the thin task modules map the returned :class:`Outcome` onto
-Celery (continue the chain, stop it, or retry later).
+Plain Python, no Celery: :mod:`pipeline.stages.glue` maps the returned :class:`Result`
+onto Celery (continue the chain, stop it, or retry later). Every way a stage can end has
+an outcome and a code; nothing escapes but a dying process.
 
     claim lease --held/done--> SKIP (a duplicate copy: do nothing, stop this chain copy)
         |
-    run stage fn (heart-beating) --ok--> advance stage --> CONTINUE
-        |-- PermanentError --> task failed + code --> FAILED (callback follows)
-        |-- RecoverableError --> release lease --> RETRY(delay), or FAILED after the cap
+    run stage fn, watched (heartbeat; lease lost, cancel, deadline, budget stop it at once)
+        |-- returns --> advance stage --> CONTINUE
+        |-- permanent error (ours, or any exception classified so) --> failed + code --> FAILED
+        |-- recoverable error --> release lease --> RETRY(backoff), FAILED after the cap
+        |-- lease lost / cancelled --> SKIP (the new holder, or the canceller, goes on)
+        |-- budget or soft time limit --> stage.timeout --> FAILED
+    a database error anywhere --> RETRY(backoff) with the same lease token (never dropped)
+
+Unexpected exceptions are mapped by :func:`pipeline.faults.classify` (``internal.error``
+with the traceback in ``task_events.detail`` for the rest).
 """
 
 from __future__ import annotations
@@ -16,25 +24,34 @@ import enum
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
-from pipeline import metrics
-from pipeline.errors import Cancelled, PermanentError, PipelineError, RecoverableError
+from pipeline import faults, metrics
+from pipeline.errors import Cancelled, PipelineError, StageTimeout
 from pipeline.settings import STAGES, Settings
+from pipeline.stages.artifacts import task_workdir
+from pipeline.stages.watchdog import (BudgetExceeded, CancelledWhileRunning, DeadlinePassed,
+                                      Interrupted, LeaseLost, Watchdog)
 from pipeline.state import journal, leases
 from pipeline.state.status import Status
 from pipeline.webhooks.retry import backoff_delay
 
+__all__ = ["LeaseLost", "Outcome", "Result", "StageContext", "StageFn", "run_stage"]
+
 log = logging.getLogger(__name__)
+
+#: Backoff of a stage retried after a database error: 1 s doubling, at most this (jittered).
+DB_RETRY_CAP_S = 30.0
+
+T = TypeVar("T")
 
 
 class Outcome(enum.Enum):
@@ -49,22 +66,24 @@ class Result:
     outcome: Outcome
     delay_s: float = 0.0
     error: PipelineError | None = None
+    #: The lease token a RETRY must carry (a database error: the lease may still be ours).
+    owner: str | None = None
 
 
-class LeaseLost(Exception):
-    """The lease expired and another worker took the stage over."""
-
-
-@dataclass
 class StageContext:
-    """What a stage function gets: the task row, its work dir, progress and stop checks."""
+    """What a stage function gets: the task row, its work dir, progress, stop checks and
+    its time budget."""
 
-    settings: Settings
-    engine: Engine
-    lease: leases.Lease
-    workdir: Path
-    _progress: float | None = None
-    _lost: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, settings: Settings, engine: Engine, lease: leases.Lease,
+                 workdir: Path) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.lease = lease
+        self.workdir = workdir
+        self.started = time.monotonic()
+        self.budget_s: float | None = None
+        self._progress: float | None = None
+        self._watchdog: Watchdog | None = None
 
     @property
     def task(self) -> dict[str, Any]:
@@ -78,10 +97,24 @@ class StageContext:
         """Record progress (written with the next heartbeat)."""
         self._progress = max(0.0, min(100.0, percent))
 
+    def limit_time(self, seconds: float) -> None:
+        """Give the stage a budget of ``seconds`` from its start; past it the watchdog
+        stops the work and the stage fails with ``stage.timeout``."""
+        self.budget_s = max(0.0, float(seconds))
+
+    def budget_deadline(self) -> float | None:
+        """The monotonic time the budget ends (None: no budget)."""
+        return None if self.budget_s is None else self.started + self.budget_s
+
     def should_stop(self) -> bool:
-        """True when the job must stop between batches: lease lost, cancelled, deadline."""
-        if self._lost.is_set():
-            raise LeaseLost(self.task_id)
+        """Raise when the job must stop (between batches): lease lost, cancelled, budget
+        spent, deadline passed. Returns False otherwise."""
+        reason = self._watchdog.reason if self._watchdog is not None else None
+        if reason is not None:
+            raise reason(self.task_id)
+        end = self.budget_deadline()
+        if end is not None and time.monotonic() >= end:
+            raise BudgetExceeded(self.task_id)
         deadline = self.task.get("deadline")
         if deadline is not None and datetime.now(timezone.utc) > deadline:
             raise Cancelled(f"deadline {deadline.isoformat()} passed", code="task.deadline")
@@ -100,85 +133,188 @@ def next_stage(stage: str) -> str | None:
     return STAGES[index + 1] if index + 1 < len(STAGES) else None
 
 
-def _heartbeat(ctx: StageContext, stop: threading.Event) -> None:
-    interval = ctx.settings.heartbeat_interval_s
-    while not stop.wait(interval):
-        try:
-            if not leases.heartbeat(ctx.engine, ctx.lease, ctx.settings.lease_ttl_s,
-                                    ctx._progress):
-                ctx._lost.set()
-                return
-        except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
-            log.warning("heartbeat for %s failed", ctx.task_id, exc_info=True)
-
-
 def run_stage(settings: Settings, engine: Engine, task_id: str, stage: str,
-              fn: StageFn, owner: str | None = None, max_attempts: int | None = None) -> Result:
-    """Run ``fn`` as ``stage`` of ``task_id``. ``max_attempts`` overrides the settings' cap
-    (the callback stage retries by age instead)."""
+              fn: StageFn, owner: str | None = None, max_attempts: int | None = None,
+              retries: int = 0) -> Result:
+    """Run ``fn`` as ``stage`` of ``task_id``.
+
+    ``owner``: the lease token of a retried copy (None: a fresh one). ``max_attempts``
+    overrides the settings' cap (the callback stage retries by age instead). ``retries``:
+    how often this message was retried already (sets the database backoff).
+    """
+    resumed = owner is not None
     owner = owner or worker_id()
+    try:
+        return _run(settings, engine, task_id, stage, fn, owner, resumed,
+                    max_attempts if max_attempts is not None else settings.max_attempts)
+    except Exception as exc:
+        if not faults.is_database_error(exc):
+            raise
+        error = faults.classify(exc)
+        delay = backoff_delay(retries + 1, base=1.0, cap=DB_RETRY_CAP_S)
+        log.warning("stage %s of %s: %s; retried in %.1f s", stage, task_id, error, delay)
+        metrics.count_failure(stage, error.code)
+        return Result(Outcome.RETRY, delay_s=delay, error=error, owner=owner)
+
+
+def _run(settings: Settings, engine: Engine, task_id: str, stage: str, fn: StageFn,
+         owner: str, resumed: bool, cap: int) -> Result:
     claim = leases.acquire(engine, task_id, stage, owner, settings.lease_ttl_s)
     if not isinstance(claim, leases.Lease):
-        if claim is leases.Claim.MISSING:
-            log.warning("stage %s of unknown task %s", stage, task_id)
-        else:
-            journal.record(engine, task_id, stage, "skipped", worker=owner,
-                           detail={"reason": claim.value})
-        return Result(Outcome.SKIP)
+        return _not_claimed(engine, task_id, stage, owner, claim, resumed)
     ctx = StageContext(settings, engine, claim, settings.work_dir / task_id)
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
     journal.record(engine, task_id, stage, "started", worker=owner, attempt=claim.attempt)
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(ctx, stop), daemon=True)
-    beat.start()
-    started = time.monotonic()
+    watchdog = Watchdog(lambda: _beat(ctx), settings.heartbeat_interval_s,
+                        ctx.budget_deadline)
+    ctx._watchdog = watchdog
+    watchdog.start()
     try:
-        fields = fn(ctx)
-    except LeaseLost:
-        journal.record(engine, task_id, stage, "lease_lost", worker=owner,
-                       attempt=claim.attempt)
-        return Result(Outcome.SKIP)
-    except PermanentError as exc:
-        return _failed(ctx, exc, time.monotonic() - started)
-    except RecoverableError as exc:
-        cap = max_attempts if max_attempts is not None else settings.max_attempts
-        return _retry(ctx, exc, time.monotonic() - started, cap)
+        try:
+            with watchdog.armed():
+                ctx.workdir = task_workdir(settings.work_dir, task_id)
+                ctx.workdir.mkdir(parents=True, exist_ok=True)
+                fields = fn(ctx)
+        except LeaseLost as exc:
+            return _stopped(ctx, exc)
+        except BudgetExceeded:
+            return _failed(ctx, StageTimeout(
+                f"the {stage} stage ran past its budget of {ctx.budget_s:.0f} s",
+                budget_s=ctx.budget_s), _since(ctx))
+        except DeadlinePassed:
+            deadline = ctx.task.get("deadline")
+            return _failed(ctx, Cancelled(f"deadline {deadline} passed while the {stage} "
+                                          "stage ran", code="task.deadline"), _since(ctx))
+        except Exception as exc:
+            if faults.is_database_error(exc):
+                raise
+            error = faults.classify(exc)
+            if error.retryable:
+                return _retry(ctx, error, _since(ctx), cap, exc)
+            return _failed(ctx, error, _since(ctx), exc)
+        return _succeeded(ctx, fields)
     finally:
-        stop.set()
-        beat.join(timeout=5)
-    duration = time.monotonic() - started
-    fields = dict(fields or {})
-    if not leases.advance(engine, claim, next_stage(stage), **fields):
-        journal.record(engine, task_id, stage, "lease_lost", worker=owner,
-                       attempt=claim.attempt, duration_s=duration)
+        watchdog.stop()
+
+
+def _since(ctx: StageContext) -> float:
+    return time.monotonic() - ctx.started
+
+
+def _beat(ctx: StageContext) -> type[Interrupted] | None:
+    """One heartbeat: None, or why the stage must stop."""
+    beat = leases.heartbeat(ctx.engine, ctx.lease, ctx.settings.lease_ttl_s, ctx._progress)
+    if beat is leases.Beat.CANCELLED:
+        return CancelledWhileRunning
+    if beat is leases.Beat.LOST:
+        return LeaseLost
+    deadline = ctx.task.get("deadline")
+    if deadline is not None and datetime.now(timezone.utc) > deadline:
+        return DeadlinePassed
+    return None
+
+
+def _durably(settings: Settings, write: Callable[[], T]) -> T:
+    """``write()``, retried in place on database errors for ``settings.db_retry_s``."""
+    give_up = time.monotonic() + settings.db_retry_s
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except Exception as exc:
+            attempt += 1
+            if not faults.is_database_error(exc) or time.monotonic() >= give_up:
+                raise
+            time.sleep(min(0.25 * 2 ** min(attempt, 5), max(0.0, give_up - time.monotonic())))
+
+
+def _record(engine: Engine, *args: Any, **kwargs: Any) -> None:
+    """An event that must not undo an outcome already committed (best effort)."""
+    try:
+        journal.record(engine, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the outcome is in the tasks row already
+        if not faults.is_database_error(exc):
+            raise
+        log.warning("event %s of %s not recorded: %s", args[2:3], args[0:1], exc)
+
+
+def _not_claimed(engine: Engine, task_id: str, stage: str, owner: str, claim: leases.Claim,
+                 resumed: bool) -> Result:
+    if claim is leases.Claim.MISSING:
+        log.warning("stage %s of unknown task %s", stage, task_id)
         return Result(Outcome.SKIP)
-    journal.record(engine, task_id, stage, "succeeded", worker=owner, attempt=claim.attempt,
-                   duration_s=duration)
-    metrics.observe_stage(stage, "succeeded", duration)
+    if resumed and claim is leases.Claim.DONE:
+        # A retry after a database error whose write did commit: finish what it began.
+        row = leases.current(engine, task_id) or {}
+        unsettled = row.get("callback_status") is None and stage != "callback"
+        if row.get("lease_owner") is None and row.get("stage") == next_stage(stage) and \
+                row.get("status") not in (Status.FAILED.value, Status.CANCELLED.value):
+            _record(engine, task_id, stage, "resumed", worker=owner, detail={"then": "next"})
+            return Result(Outcome.CONTINUE)
+        if row.get("status") == Status.FAILED.value and row.get("stage") == stage and unsettled:
+            _record(engine, task_id, stage, "resumed", worker=owner, detail={"then": "callback"})
+            return Result(Outcome.FAILED)
+    journal.record(engine, task_id, stage, "skipped", worker=owner,
+                   detail={"reason": claim.value})
+    return Result(Outcome.SKIP)
+
+
+def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
+    lease, duration = ctx.lease, _since(ctx)
+    values = dict(fields or {})
+    if not _durably(ctx.settings,
+                    lambda: leases.advance(ctx.engine, lease, next_stage(lease.stage), **values)):
+        _record(ctx.engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
+                attempt=lease.attempt, duration_s=duration)
+        return Result(Outcome.SKIP)
+    _record(ctx.engine, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
+            attempt=lease.attempt, duration_s=duration)
+    metrics.observe_stage(lease.stage, "succeeded", duration)
     return Result(Outcome.CONTINUE)
 
 
-def _failed(ctx: StageContext, exc: PipelineError, duration: float) -> Result:
+def _stopped(ctx: StageContext, exc: LeaseLost) -> Result:
+    """The lease went to another copy, or the task was cancelled: stop, record, skip."""
+    lease = ctx.lease
+    cancelled = isinstance(exc, CancelledWhileRunning)
+    if cancelled:  # nobody else will: the cancelled task keeps no lease
+        _durably(ctx.settings, lambda: leases.release(ctx.engine, lease))
+    _record(ctx.engine, lease.task_id, lease.stage, "cancelled" if cancelled else "lease_lost",
+            worker=lease.owner, attempt=lease.attempt, duration_s=_since(ctx))
+    metrics.observe_stage(lease.stage, "stopped", _since(ctx))
+    return Result(Outcome.SKIP)
+
+
+def _detail(exc: PipelineError, cause: BaseException | None) -> dict[str, Any]:
+    detail = exc.as_dict()
+    if cause is not None and cause is not exc:
+        detail["traceback"] = faults.traceback_text(cause)
+    return detail
+
+
+def _failed(ctx: StageContext, exc: PipelineError, duration: float,
+            cause: BaseException | None = None) -> Result:
     lease = ctx.lease
     status = Status.CANCELLED if exc.code == "task.cancelled" else Status.FAILED
-    journal.finish(ctx.engine, lease.task_id, status, owner=lease.owner,
-                   error_code=exc.code, error_message=exc.message)
-    journal.record(ctx.engine, lease.task_id, lease.stage, "failed", worker=lease.owner,
-                   attempt=lease.attempt, duration_s=duration, detail=exc.as_dict())
+    _durably(ctx.settings, lambda: journal.finish(
+        ctx.engine, lease.task_id, status, owner=lease.owner, error_code=exc.code,
+        error_message=exc.message))
+    _record(ctx.engine, lease.task_id, lease.stage, "failed", worker=lease.owner,
+            attempt=lease.attempt, duration_s=duration, detail=_detail(exc, cause))
     metrics.observe_stage(lease.stage, "failed", duration)
     metrics.count_failure(lease.stage, exc.code)
     return Result(Outcome.FAILED, error=exc)
 
 
-def _retry(ctx: StageContext, exc: PipelineError, duration: float, cap: int) -> Result:
+def _retry(ctx: StageContext, exc: PipelineError, duration: float, cap: int,
+           cause: BaseException | None = None) -> Result:
     lease = ctx.lease
     if lease.attempt >= cap:
-        return _failed(ctx, exc, duration)
+        return _failed(ctx, exc, duration, cause)
     leases.release(ctx.engine, lease)
     # A stage may name its own delay (a receiver's Retry-After); else exponential backoff.
     delay = float(exc.detail.get("delay_s") or backoff_delay(lease.attempt))
-    journal.record(ctx.engine, lease.task_id, lease.stage, "retrying", worker=lease.owner,
-                   attempt=lease.attempt, duration_s=duration,
-                   detail={**exc.as_dict(), "delay_s": round(delay, 3)})
+    _record(ctx.engine, lease.task_id, lease.stage, "retrying", worker=lease.owner,
+            attempt=lease.attempt, duration_s=duration,
+            detail={**_detail(exc, cause), "delay_s": round(delay, 3)})
     metrics.observe_stage(lease.stage, "retrying", duration)
     return Result(Outcome.RETRY, delay_s=delay, error=exc)

@@ -5,6 +5,11 @@ is at that stage (or an earlier one), not final, and nobody else holds a live le
 holder heart-beats; a dead holder's lease expires and the reconciler re-queues the stage.
 A Redis redelivery after the visibility timeout, or a reconciler retry, finds the lease
 held and backs off instead of starting a second copy.
+
+The lease owner is a token, not a process: a stage retried after a database error passes
+its token on, so the retry takes its own lease back (without counting a new attempt).
+A stage whose next message could not be published leaves a :func:`hand_off`: an already
+expired lease on the next stage, which the reconciler re-dispatches at its next sweep.
 """
 
 from __future__ import annotations
@@ -26,6 +31,12 @@ _STAGE_POS = "CASE {col} " + " ".join(
 _FINAL = ", ".join(f"'{s.value}'" for s in Status if s.final)
 
 
+class Beat(enum.Enum):
+    LIVE = "live"  #: the lease was extended
+    LOST = "lost"  #: another worker holds it now, or nobody (taken over and released)
+    CANCELLED = "cancelled"  #: the task was cancelled
+
+
 class Claim(enum.Enum):
     DONE = "done"  #: the stage already ran (or the task is final): nothing to do
     HELD = "held"  #: another live worker holds the lease
@@ -45,7 +56,8 @@ _ACQUIRE = text(f"""
 UPDATE tasks SET
     lease_owner = :owner, lease_stage = :stage,
     lease_expires_at = now() + make_interval(secs => :ttl), heartbeat_at = now(),
-    stage = :stage, attempts = attempts + 1,
+    stage = :stage,
+    attempts = attempts + CASE WHEN lease_owner = :owner THEN 0 ELSE 1 END,
     status = CASE WHEN status IN ({_FINAL}) THEN status ELSE 'running' END,
     started_at = coalesce(started_at, now()), updated_at = now()
 WHERE task_id = :task_id
@@ -74,8 +86,8 @@ def acquire(engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int) ->
     return Claim.DONE
 
 
-def heartbeat(engine: Engine, lease: Lease, ttl_s: int, progress: float | None = None) -> bool:
-    """Extend the lease; False when it was lost (expired and taken, or task cancelled)."""
+def heartbeat(engine: Engine, lease: Lease, ttl_s: int, progress: float | None = None) -> Beat:
+    """Extend the lease (and write ``progress``); whether it is still ours."""
     with engine.begin() as conn:
         result = conn.execute(text("""
             UPDATE tasks SET heartbeat_at = now(),
@@ -84,7 +96,11 @@ def heartbeat(engine: Engine, lease: Lease, ttl_s: int, progress: float | None =
             WHERE task_id = :t AND lease_owner = :owner AND status <> 'cancelled'
         """), {"t": lease.task_id, "owner": lease.owner, "ttl": ttl_s,
                "progress": progress})
-    return result.rowcount == 1
+        if result.rowcount == 1:
+            return Beat.LIVE
+        status = conn.execute(text("SELECT status FROM tasks WHERE task_id = :t"),
+                              {"t": lease.task_id}).scalar()
+    return Beat.CANCELLED if status == Status.CANCELLED.value else Beat.LOST
 
 
 def advance(engine: Engine, lease: Lease, next_stage: str | None, **fields: Any) -> bool:
@@ -124,3 +140,28 @@ def release(engine: Engine, lease: Lease) -> None:
                 lease_expires_at = NULL, updated_at = now()
             WHERE task_id = :t AND lease_owner = :owner
         """), {"t": lease.task_id, "owner": lease.owner})
+
+
+def hand_off(engine: Engine, task_id: str, stage: str, owner: str) -> bool:
+    """Leave ``stage`` of the task to the reconciler: its message could not be published.
+
+    Sets an already expired lease on ``stage`` (kept when ``owner`` still holds one), so
+    the next sweep publishes the stage again. False when another live owner holds it (its
+    own outcome follows) or the task is gone.
+    """
+    with engine.begin() as conn:
+        result = conn.execute(text("""
+            UPDATE tasks SET lease_owner = coalesce(lease_owner, :marker),
+                lease_stage = :stage, lease_expires_at = now(), updated_at = now()
+            WHERE task_id = :t
+              AND (lease_owner IS NULL OR lease_owner = :owner OR lease_expires_at < now())
+        """), {"t": task_id, "stage": stage, "owner": owner, "marker": f"handoff:{owner}"})
+    return result.rowcount == 1
+
+
+def current(engine: Engine, task_id: str) -> dict[str, Any] | None:
+    """The task's row as it is now (None: no such task)."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
+                           {"t": task_id}).mappings().first()
+    return dict(row) if row is not None else None

@@ -132,3 +132,34 @@ def test_cuda_without_a_gpu_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(EngineError) as caught:
         BuiltinEngine().load(load(device="cuda"))
     assert caught.value.code == "engine.unavailable"
+
+
+@pytest.mark.parametrize("steps", [1_000, 10**6, 10**9])
+def test_absurd_steps_cost_what_1000_do(engine: BuiltinEngine, job: RenderRequest,
+                                        steps: int) -> None:
+    import time
+
+    begun = time.monotonic()
+    frames = _render(engine, replace(job, inference_steps=steps))
+    assert time.monotonic() - begun < 30  # 1e9 steps once meant days before frame one
+    assert _digest(frames) == _digest(_render(engine, replace(job, inference_steps=1_000)))
+
+
+@pytest.mark.parametrize("raised", ["cuda", "runtime"])
+def test_out_of_memory_is_its_own_code(engine: BuiltinEngine, job: RenderRequest,
+                                       monkeypatch: pytest.MonkeyPatch, raised: str) -> None:
+    import torch
+
+    from pipeline.engines import warp
+    from pipeline.errors import OutOfMemory
+
+    def render(*args: object, **kwargs: object) -> None:
+        if raised == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(warp.FaceWarp, "render", render)
+    with pytest.raises(OutOfMemory) as caught:
+        _render(engine, job)
+    assert caught.value.code == "resource.out_of_memory"
+    assert not list(job.out_dir.glob("*.partial"))

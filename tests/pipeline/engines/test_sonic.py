@@ -14,7 +14,7 @@ import pytest
 from pipeline.engines import get_engine, reset_engines
 from pipeline.engines.base import RenderRequest
 from pipeline.engines.sonic import REQUIRED_WEIGHTS, SEED_FOR_ZERO, SonicEngine, sonic_seed
-from pipeline.errors import Cancelled, EngineError, ImageError
+from pipeline.errors import Cancelled, EngineError, ImageError, OutOfMemory
 from pipeline.settings import Settings, load
 
 FAKE_SONIC = textwrap.dedent('''
@@ -162,7 +162,7 @@ def test_one_call_at_a_time(engine: SonicEngine, job: RenderRequest) -> None:
 @pytest.mark.parametrize(("behaviour", "error", "code"), [
     ("no_face", ImageError, "image.no_face"),
     ("unbound", ImageError, "image.no_face"),
-    ("oom", EngineError, "engine.failed"),
+    ("oom", OutOfMemory, "resource.out_of_memory"),
     ("ffmpeg_fails", EngineError, "engine.failed"),
     ("garbage", EngineError, "engine.failed"),
 ])
