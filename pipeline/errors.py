@@ -64,11 +64,16 @@ CODES: dict[str, str] = {
     "input.not_found": "an input file or object does not exist",
     "input.too_large": "an input exceeds SONIC_MAX_INPUT_BYTES",
     "input.unreachable": "an input URL could not be fetched",
+    "input.unsupported_format": "an input is not a single-file media container ffmpeg may "
+    "read (a playlist, concat list or image sequence sent as audio)",
     "audio.undecodable": "ffmpeg cannot decode the audio",
-    "audio.silent": "the audio holds no speech-level signal",
+    "audio.silent": "the audio holds no speech-level signal: under 0.1 s of 20 ms windows "
+    "above -50 dBFS anywhere in it",
     "audio.too_long": "the audio is longer than SONIC_MAX_AUDIO_S",
     "image.undecodable": "the image cannot be decoded",
     "image.no_face": "no face was found in the image",
+    "image.too_large": "the image declares more pixels than SONIC_MAX_IMAGE_PIXELS; refused "
+    "before decoding",
     "engine.unavailable": "the engine's code or weights are not installed",
     "engine.failed": "the engine raised while rendering",
     "encode.failed": "ffmpeg failed to encode the video",

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     max_input_bytes: int = 200 * 1024 * 1024
     fetch_timeout_s: float = 30.0
     max_audio_s: float = 600.0
+    #: Buckets s3:// inputs may name (``bucket`` or ``bucket/prefix``); empty: none. The
+    #: results bucket is never implied: it holds every tenant's videos.
+    input_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: An image declaring more pixels than this is refused (image.too_large), undecoded.
+    max_image_pixels: int = 50_000_000
 
     # --- media ------------------------------------------------------------------------------
     #: Shared work directory for stage artifacts (default: ``<state_dir>/work``).
@@ -189,7 +194,8 @@ class Settings(BaseSettings):
     # --- metrics ----------------------------------------------------------------------------------
     metrics_port: int = 19100
 
-    @field_validator("input_roots", "allowed_schemes", "allowed_hosts", mode="before")
+    @field_validator("input_roots", "allowed_schemes", "allowed_hosts", "input_buckets",
+                     mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):

@@ -2,8 +2,9 @@
 
 Only globally routable unicast addresses are public. Loopback, private, link-local,
 shared (CGNAT), reserved, multicast and unspecified addresses are refused unless
-``allow_private_networks`` is on; an IPv6 address that embeds an IPv4 one (mapped, 6to4,
-Teredo) is judged by the embedded address too.
+``allow_private_networks`` is on; an IPv6 address that embeds an IPv4 one (mapped,
+NAT64 ``64:ff9b::/96``, IPv4-compatible, IPv4-translated, 6to4, Teredo) is judged by the
+embedded address too, and NAT64's local-use ``64:ff9b:1::/48`` is never public.
 """
 
 from __future__ import annotations
@@ -32,19 +33,42 @@ def parse_ip(host: str) -> IPAddress | None:
         return None
 
 
-def _embedded(ip: IPAddress) -> list[IPAddress]:
+#: IPv6 ranges whose low 32 bits are the IPv4 address the packets end up at: NAT64's
+#: well-known prefix (RFC 6052), IPv4-compatible (RFC 4291, deprecated) and
+#: IPv4-translated (SIIT, RFC 2765) addresses. (IPv4-mapped, 6to4 and Teredo are read
+#: with the stdlib's own properties.)
+_LOW32_EMBEDDING = tuple(ipaddress.ip_network(n) for n in
+                         ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+#: Never public, whatever they embed: NAT64's local-use prefix (RFC 8215) translates
+#: into the operator's own networks.
+_LOCAL_ONLY = tuple(ipaddress.ip_network(n) for n in ("64:ff9b:1::/48",))
+
+
+def embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address carries (mapped, NAT64, compatible, translated,
+    6to4, both ends of Teredo); none for an IPv4 address."""
     if isinstance(ip, ipaddress.IPv4Address):
         return []
-    found: list[IPAddress] = []
-    for inner in (ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None):
-        if inner is not None:
-            found.append(inner)
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if any(ip in net for net in _LOW32_EMBEDDING):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
     return found
 
 
 def is_public(ip: IPAddress) -> bool:
-    """True for a globally routable unicast address (and any IPv4 address it embeds)."""
-    for candidate in (ip, *_embedded(ip)):
+    """True for a globally routable unicast address whose embedded IPv4 addresses (if
+    any) are all public too. Loopback, private, link-local, shared, reserved, multicast,
+    unspecified and local-use NAT64 addresses are not."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id or any(ip in net for net in _LOCAL_ONLY):
+            return False
+    for candidate in (ip, *embedded_ipv4(ip)):
         if not candidate.is_global or candidate.is_multicast or candidate.is_unspecified:
             return False
     return True

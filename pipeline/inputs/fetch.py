@@ -2,6 +2,9 @@
 
 The bytes land in a temporary file beside the destination and are renamed into place
 only when complete, so a crash or a refused input never leaves a partial file behind.
+Fetched files are named by their role (:func:`role_path`: ``image.png``, ``audio.mp3``),
+never by the URL's base name: two URLs ending in the same name cannot overwrite each
+other, and no name chosen upstream reaches the file system or ffmpeg.
 """
 
 from __future__ import annotations
@@ -21,15 +24,34 @@ from .http import fetch_http
 from .urls import Ref, check_url, under_roots
 
 
-def fetch_input(url: str, dest: Path, settings: Settings) -> Path:
-    """Fetch ``url`` to ``dest`` and return the file's path.
+#: Roles of the inputs of a job, and the extensions their fetched copies may keep.
+ROLE_EXTENSIONS: dict[str, frozenset[str]] = {
+    "image": frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}),
+    "audio": frozenset({".wav", ".mp3", ".m4a", ".mp4", ".aac", ".flac", ".ogg", ".oga",
+                        ".opus", ".webm", ".mka", ".mkv", ".mov", ".aif", ".aiff", ".caf",
+                        ".amr", ".wma", ".au", ".wv", ".ape", ".avi", ".ac3", ".ts"}),
+}
 
-    ``dest`` is the file to write; if it is an existing directory the file is written in
-    it under the URL's base name. Re-running overwrites the same file (idempotent).
+
+def role_path(directory: Path, role: str, url: str) -> Path:
+    """Where the ``role`` input of a job lands: ``<directory>/<role><ext>``.
+
+    ``ext`` is the URL's own extension when it is a known one for the role (lower case),
+    else ``.bin``; the content decides how the file is read, never the name.
     """
-    ref = check_url(url, settings)
+    if role not in ROLE_EXTENSIONS:
+        raise ValueError(f"unknown input role {role!r}")
+    suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
+    return directory / (role + (suffix if suffix in ROLE_EXTENSIONS[role] else ".bin"))
+
+
+def fetch_input(url: str, dest: Path, settings: Settings) -> Path:
+    """Fetch ``url`` to the file ``dest`` and return it. Re-running overwrites the same
+    file (idempotent). ``dest`` is a file path (see :func:`role_path`), never a directory.
+    """
     if dest.is_dir():
-        dest = dest / _basename(url)
+        raise ValueError(f"{dest} is a directory: name the file (role_path)")
+    ref = check_url(url, settings)
     copy: Callable[[BinaryIO], int]
     if ref.scheme == "file":
         copy = lambda out: _copy_local(ref, out, settings)  # noqa: E731
@@ -41,11 +63,6 @@ def fetch_input(url: str, dest: Path, settings: Settings) -> Path:
         copy = lambda out: fetch_http(ref, out, settings)  # noqa: E731
     atomic_write(dest, copy)
     return dest
-
-
-def _basename(url: str) -> str:
-    name = PurePosixPath(urlsplit(url).path).name
-    return name if name not in ("", ".", "..") else "input"
 
 
 def _copy_local(ref: Ref, out: BinaryIO, settings: Settings) -> int:

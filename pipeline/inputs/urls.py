@@ -4,12 +4,14 @@ A reference is a plain absolute path or a ``file://``, ``s3://`` or ``http(s)://
 Paths must lie under one of ``settings.input_roots`` once symlinks and ``..`` are
 resolved; http(s) hosts must be in ``settings.allowed_hosts`` (``*.example.com`` matches
 sub-domains); an IP literal outside the public ranges is refused unless
-``settings.allow_private_networks``. DNS answers are checked later, at fetch time.
+``settings.allow_private_networks``; ``s3://`` objects must lie in a bucket (or under a
+bucket prefix) of ``settings.input_buckets``. DNS answers are checked later, at fetch time.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
@@ -20,6 +22,8 @@ from pipeline.settings import Settings
 from .addresses import is_public, parse_ip
 
 HTTP_SCHEMES = ("http", "https")
+#: An S3 bucket name (3 to 63 lower-case letters, digits, dots and hyphens).
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,7 @@ def check_url(url: str, settings: Settings) -> Ref:
     if scheme == "file":
         return _check_file(url, parts, settings)
     if scheme == "s3":
-        bucket, key = parts.netloc, parts.path.lstrip("/")
-        if not bucket or not key:
-            raise _forbidden("an s3 URL needs a bucket and a key: s3://bucket/key")
-        return Ref("s3", url, bucket=bucket, key=unquote(key))
+        return _check_s3(url, parts, settings)
     if scheme in HTTP_SCHEMES:
         return check_http(url, settings, hosts=settings.allowed_hosts)
     raise _forbidden(f"scheme {scheme!r} is not supported")
@@ -116,6 +117,36 @@ def host_allowed(host: str, hosts: list[str]) -> bool:
         if entry.startswith("*.") and host.endswith(entry[1:]):
             return True
         if host == entry.strip("[]"):
+            return True
+    return False
+
+
+def _check_s3(url: str, parts: SplitResult, settings: Settings) -> Ref:
+    bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
+    if not bucket or not key:
+        raise _forbidden("an s3 URL needs a bucket and a key: s3://bucket/key")
+    if not _BUCKET.fullmatch(bucket):
+        # Not echoed: it may hold credentials (s3://key:secret@bucket/...).
+        raise _forbidden("the s3 URL does not name a valid bucket (3-63 of a-z 0-9 . -)")
+    if not bucket_allowed(bucket, key, settings.input_buckets):
+        raise _forbidden(f"s3://{bucket}/{key} is outside SONIC_INPUT_BUCKETS")
+    return Ref("s3", url, bucket=bucket, key=key)
+
+
+def bucket_allowed(bucket: str, key: str, entries: list[str]) -> bool:
+    """True if an entry (``bucket`` or ``bucket/prefix``) of ``entries`` covers the object.
+
+    Under a prefix, a key with ``.`` or ``..`` segments is refused: a store that
+    normalises paths could resolve it outside the prefix.
+    """
+    segments = key.split("/")
+    for entry in entries:
+        name, _, prefix = entry.strip().strip("/").partition("/")
+        if name != bucket:
+            continue
+        if not prefix:
+            return True
+        if "." not in segments and ".." not in segments and key.startswith(prefix + "/"):
             return True
     return False
 

@@ -1,4 +1,11 @@
-"""Final video: raw RGB frames + speech -> H.264/AAC MP4 in one encode, and a poster."""
+"""Final video: raw RGB frames + the user's audio -> H.264/AAC MP4 in one encode, and a poster.
+
+The AAC track keeps the audio's own rate and channels within what players expect
+(:func:`pipeline.media.audio.delivery_format`: 44.1/48 kHz kept, mono kept, 5.1 to
+stereo, at most 48 kHz). The video lasts ``seconds`` (the length the engine rendered
+for, from the 16 kHz analysis copy); the audio starts with the first frame and never
+runs past the last.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import EncodeError
+from pipeline.media.audio import delivery_format
 from pipeline.media.ffmpeg import (DEFAULT, FFmpeg, duration_s, failure, popen_ffmpeg, probe,
-                                   run_ffmpeg)
+                                   run_ffmpeg, stream)
 
 #: A raw frames file or batches of frames shaped (H, W, 3) or (N, H, W, 3), RGB uint8.
 Frames = Path | str | Iterable[np.ndarray]
@@ -29,12 +37,27 @@ class EncodeInfo:
     elapsed_s: float
 
 
-def _output_args(fps: int, crf: int, seconds: float, out: Path) -> list[str | Path]:
+#: AAC bit rate per channel of the video's audio track.
+AAC_BITRATE_PER_CHANNEL = 96_000
+
+
+def audio_args(audio: str | Path, ff: FFmpeg) -> tuple[list[str], float | None]:
+    """The AAC encoder options for ``audio`` (rate, channels, bit rate) and its duration."""
+    info = probe(audio, ff=ff)
+    sound = stream(info, "audio") or {}  # none: ffmpeg's own map error says so
+    rate, channels = delivery_format(int(sound.get("sample_rate") or 16_000),
+                                     int(sound.get("channels") or 1))
+    return (["-c:a", "aac", "-b:a", str(AAC_BITRATE_PER_CHANNEL * channels), "-ar", str(rate),
+             "-ac", str(channels)], duration_s(info))
+
+
+def _output_args(fps: int, crf: int, seconds: float, sound: list[str],
+                 out: Path) -> list[str | Path]:
     # -t and -shortest, never -frames:v: in ffmpeg 5.1, -frames:v with -shortest drops
     # the audio still buffered when the frame limit is hit (half the speech went missing).
     return ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "medium",
-            "-crf", str(crf), "-pix_fmt", "yuv420p", "-r", str(fps), "-c:a", "aac",
-            "-b:a", "128k", "-shortest", "-t", f"{seconds:.6f}", "-movflags", "+faststart",
+            "-crf", str(crf), "-pix_fmt", "yuv420p", "-r", str(fps), *sound,
+            "-shortest", "-t", f"{seconds:.6f}", "-movflags", "+faststart",
             "-f", "mp4", "-y", out]
 
 
@@ -70,13 +93,15 @@ def encode_video(
     fps: int = 25,
     crf: int = 18,
     ff: FFmpeg = DEFAULT,
+    seconds: float | None = None,
 ) -> EncodeInfo:
     """Encode ``frames`` (``size`` = (width, height)) with ``audio`` into ``out_mp4``.
 
     The frames go through ffmpeg once (a raw file is read by ffmpeg itself, an iterable
-    is streamed into its stdin). The frame count is fitted to the audio, the last frame
-    repeated when short, so the video lasts as long as the speech; ``-shortest`` trims
-    the rest. Written to a temporary name and renamed, so a re-run overwrites cleanly.
+    is streamed into its stdin). The video lasts ``seconds`` (default: the audio's
+    length): the frame count is fitted to it, the last frame repeated when short, and
+    the audio is cut there. Written to a temporary name and renamed, so a re-run
+    overwrites cleanly.
     """
     if not 0 <= crf <= 51 or fps <= 0:
         raise EncodeError(f"crf must be within 0..51 (x264) and fps positive: {crf}, {fps}")
@@ -84,7 +109,8 @@ def encode_video(
     out = Path(out_mp4)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.mp4")
-    seconds = duration_s(probe(audio, ff=ff))
+    sound, audio_s = audio_args(audio, ff)
+    seconds = seconds or audio_s
     if not seconds:
         raise EncodeError(f"cannot read the duration of {Path(audio).name}")
     target = math.ceil(round(seconds * fps, 6))
@@ -95,7 +121,8 @@ def encode_video(
         if count == 0:
             raise EncodeError(f"{Path(frames).name} holds no {width}x{height} frames")
         pad = ["-vf", f"tpad=stop_mode=clone:stop={target - count}"] if count < target else []
-        args = [*raw, "-i", frames, "-i", audio, *pad, *_output_args(fps, crf, seconds, partial)]
+        args = [*raw, "-i", frames, "-i", audio, *pad,
+                *_output_args(fps, crf, seconds, sound, partial)]
         try:
             run_ffmpeg(args, ff=ff)
         except EncodeError:
@@ -103,7 +130,8 @@ def encode_video(
             raise
     else:
         with tempfile.TemporaryFile() as err:
-            args = [*raw, "-i", "pipe:0", "-i", audio, *_output_args(fps, crf, seconds, partial)]
+            args = [*raw, "-i", "pipe:0", "-i", audio,
+                    *_output_args(fps, crf, seconds, sound, partial)]
             proc = popen_ffmpeg(args, ff=ff, stderr=err)
             try:
                 _write_frames(proc.stdin, frames, size, target)
@@ -131,6 +159,28 @@ def remux_faststart(src: str | Path, out_mp4: str | Path, *, ff: FFmpeg = DEFAUL
     partial = out.with_name(out.name + ".partial.mp4")
     run_ffmpeg(["-i", src, "-map", "0", "-c", "copy", "-movflags", "+faststart",
                 "-f", "mp4", "-y", partial], ff=ff)
+    os.replace(partial, out)
+    return out
+
+
+def replace_audio(src: str | Path, audio: str | Path, out_mp4: str | Path, *,
+                  ff: FFmpeg = DEFAULT) -> Path:
+    """An MP4 made elsewhere (the Sonic engine, muxed with the 16 kHz copy) with its video
+    stream copied as it is and ``audio`` as its AAC track, cut to the video's length."""
+    out = Path(out_mp4)
+    partial = out.with_name(out.name + ".partial.mp4")
+    picture = stream(probe(src, ff=ff), "video")
+    seconds = float((picture or {}).get("duration") or 0)
+    if not seconds:
+        raise EncodeError(f"cannot read the video length of {Path(src).name}")
+    sound, _ = audio_args(audio, ff)
+    try:
+        run_ffmpeg(["-i", src, "-i", audio, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
+                    *sound, "-shortest", "-t", f"{seconds:.6f}", "-movflags", "+faststart",
+                    "-f", "mp4", "-y", partial], ff=ff)
+    except EncodeError:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, out)
     return out
 

@@ -1,18 +1,37 @@
-"""Run ffmpeg and ffprobe as argument lists; a non-zero exit raises with the stderr tail."""
+"""Run ffmpeg and ffprobe as argument lists; a non-zero exit raises with the stderr tail.
+
+Every input ffmpeg or ffprobe opens is limited to the ``file`` and ``pipe`` protocols
+(:data:`PROTOCOLS`), so nothing we run can reach the network. Untrusted media is also
+limited to single-file containers (:data:`AUDIO_DEMUXERS`): playlists and lists of other
+files (HLS, concat/ffconcat, image sequences) would make ffmpeg open the files they name,
+so they are refused with ``input.unsupported_format`` before anything else is read.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.errors import ConfigError, EncodeError, PipelineError
+from pipeline.errors import ConfigError, EncodeError, InputError, PipelineError
 
 #: Characters of stderr kept in a raised error (the end, where ffmpeg says what failed).
 STDERR_TAIL_CHARS = 2000
+#: The only protocols any input may be opened with: local files and our own pipes.
+PROTOCOLS = "file,pipe"
+#: Demuxers an uploaded audio file may be read with (ffmpeg's names): single-file audio
+#: containers and the video containers people send speech in. Not here on purpose:
+#: ``hls``, ``concat``, ``image2`` and every other demuxer that opens further files.
+AUDIO_DEMUXERS: tuple[str, ...] = (
+    "wav", "w64", "mp3", "aac", "mov", "ogg", "flac", "matroska", "aiff", "caf", "amr",
+    "asf", "au", "wv", "ape", "avi", "ac3", "eac3", "mpegts",
+)
+#: What ffmpeg says when the demuxer or protocol of an input is not allow-listed.
+_NOT_ALLOWED = "not on whitelist"
 
 
 @dataclass(frozen=True)
@@ -49,9 +68,46 @@ def failure(
     )
 
 
+def demuxer_allowed(format_name: str, allowed: Sequence[str]) -> bool:
+    """True if one of the names in ffprobe's ``format_name`` ("mov,mp4,m4a,...") is allowed."""
+    return any(name in allowed for name in format_name.split(","))
+
+
+def input_args(path: str | Path, formats: Sequence[str]) -> list[str | Path]:
+    """``-i path`` for an untrusted file: only the demuxers in ``formats`` may read it."""
+    return ["-format_whitelist", ",".join(formats), "-i", path]
+
+
+def _guard_inputs(args: Sequence[str | Path]) -> list[str]:
+    """``args`` with ``-protocol_whitelist file,pipe`` before every ``-i``."""
+    out: list[str] = []
+    for arg in args:
+        if str(arg) == "-i":
+            out += ["-protocol_whitelist", PROTOCOLS]
+        out.append(str(arg))
+    return out
+
+
 def _argv(ff: FFmpeg, args: Sequence[str | Path], *, reads_stdin: bool = False) -> list[str]:
     head = [ff.ffmpeg_bin, "-hide_banner", "-loglevel", "error"]
-    return head + ([] if reads_stdin else ["-nostdin"]) + [str(a) for a in args]
+    return head + ([] if reads_stdin else ["-nostdin"]) + _guard_inputs(args)
+
+
+def _refused(what: str, stderr: bytes | str) -> InputError | None:
+    """``input.unsupported_format`` when ffmpeg refused an input's demuxer or protocol."""
+    tail = stderr_tail(stderr)
+    line = next((ln for ln in tail.splitlines() if _NOT_ALLOWED in ln), None)
+    if line is None:
+        return None
+    protocol = re.search(r"Protocol '([^']*)' not on whitelist", line)
+    demuxer = re.match(r"\[(\w+) @", line.strip())
+    if protocol:
+        why = f"names the {protocol.group(1)} protocol; only local files are read"
+    else:
+        kind = f"a {demuxer.group(1)} file" if demuxer else "in a format not allowed"
+        why = (f"is {kind}; only single-file media containers are read "
+               "(playlists and lists of other files are refused)")
+    return InputError(f"{what} {why}", code="input.unsupported_format", stderr_tail=tail)
 
 
 def _binary_missing(binary: str) -> ConfigError:
@@ -76,7 +132,8 @@ def run_ffmpeg(
         raise error(f"ffmpeg ran longer than {timeout} s", code=code,
                     exit_code=None, stderr_tail=stderr_tail(exc.stderr or b"")) from None
     if proc.returncode != 0:
-        raise failure(error, code, "ffmpeg", proc.returncode, proc.stderr)
+        raise _refused("an input", proc.stderr) or failure(error, code, "ffmpeg",
+                                                           proc.returncode, proc.stderr)
     return proc.stdout
 
 
@@ -99,21 +156,36 @@ def probe(
     error: type[PipelineError] = EncodeError,
     code: str = "encode.failed",
     timeout: float = 60.0,
+    formats: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """``ffprobe``'s format and streams of ``path`` as a dict (raises ``error`` if unreadable)."""
+    """``ffprobe``'s format and streams of ``path`` as a dict (raises ``error`` if unreadable).
+
+    With ``formats`` (an untrusted upload), only those demuxers may read the file: any
+    other raises :class:`InputError` ``input.unsupported_format`` and no file it names
+    is opened.
+    """
     argv = [ff.ffprobe_bin, "-v", "error", "-print_format", "json",
-            "-show_format", "-show_streams", str(path)]
+            "-show_format", "-show_streams", "-protocol_whitelist", PROTOCOLS]
+    if formats is not None:
+        argv += ["-format_whitelist", ",".join(formats)]
+    argv.append(str(path))
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     except FileNotFoundError:
         raise _binary_missing(ff.ffprobe_bin) from None
     except subprocess.TimeoutExpired:
         raise error(f"ffprobe ran longer than {timeout} s on {path}", code=code) from None
+    name = Path(path).name
     if proc.returncode != 0:
-        raise failure(error, code, f"ffprobe of {Path(path).name}", proc.returncode, proc.stderr)
+        raise _refused(name, proc.stderr) or failure(error, code, f"ffprobe of {name}",
+                                                     proc.returncode, proc.stderr)
     info: dict[str, Any] = json.loads(proc.stdout or b"{}")
     info.setdefault("streams", [])
     info.setdefault("format", {})
+    found = str(info["format"].get("format_name", ""))
+    if formats is not None and not demuxer_allowed(found, formats):
+        raise InputError(f"{name} is a {found or 'unknown'} file, not a supported "
+                         "single-file media container", code="input.unsupported_format")
     return info
 
 

@@ -1,4 +1,8 @@
-"""Portrait input: decode, find the largest face, crop square around it the way Sonic does."""
+"""Portrait input: decode, find the largest face, crop square around it the way Sonic does.
+
+Decoding (size checked from the header, orientation, transparency) is
+:mod:`pipeline.media.imagefile`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 from pipeline.engines.base import output_size
 from pipeline.errors import ImageError
+from pipeline.media.imagefile import DEFAULT_MAX_PIXELS, decode_image
 
 #: Box as (x1, y1, x2, y2) in pixels.
 Box = tuple[int, int, int, int]
@@ -39,18 +44,6 @@ class FaceCrop:
         return {"path": str(self.path) if self.path else None, "size": list(self.size),
                 "face_box": list(self.face_box), "crop_box": list(self.crop_box),
                 "face_in_crop": list(self.face_in_crop), "source_size": list(self.source_size)}
-
-
-def decode_image(path: str | Path) -> np.ndarray:
-    """The image as RGB uint8 (EXIF orientation applied); ``image.undecodable`` otherwise."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(f"cannot read image {path}: {exc.strerror}") from None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None or bgr.size == 0:
-        raise ImageError(f"{Path(path).name} is not an image OpenCV can decode")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 @lru_cache(maxsize=1)
@@ -101,12 +94,14 @@ def prepare_image(
     *,
     min_resolution: int = 512,
     expand_ratio: float = 0.5,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FaceCrop:
     """Decode, detect, crop and scale the portrait; write it as PNG when ``dst_png`` is set.
 
-    Raises :class:`ImageError` ``image.undecodable`` or ``image.no_face``.
+    Raises :class:`ImageError` ``image.too_large`` (more than ``max_pixels`` declared),
+    ``image.undecodable`` or ``image.no_face``.
     """
-    rgb = decode_image(src)
+    rgb = decode_image(src, max_pixels=max_pixels)
     height, width = rgb.shape[:2]
     face = detect_face(rgb)
     if face is None:

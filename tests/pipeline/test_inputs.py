@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import CODES, InputError, TransportError
-from pipeline.inputs import addresses, check_callback_url, check_url, fetch_input, redact
+from pipeline.inputs import (addresses, check_callback_url, check_url, fetch_input, redact,
+                             role_path)
 from pipeline.inputs import urls as urls_module
 from pipeline.settings import Settings, load
 from tests.support.files import FileServer
@@ -46,11 +48,49 @@ def test_a_path_under_a_root_is_copied(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
 
-    got = fetch_input(str(src), work, settings)
+    got = fetch_input(str(src), role_path(work, "audio", str(src)), settings)
     assert got == work / "audio.wav" and got.read_bytes() == b"RIFF...."
     again = fetch_input(src.as_uri(), work / "copy.wav", settings)
     assert again.read_bytes() == b"RIFF...."
     assert sorted(os.listdir(work)) == ["audio.wav", "copy.wav"]
+    with pytest.raises(ValueError):  # a directory is never a destination
+        fetch_input(str(src), work, settings)
+
+
+def test_inputs_land_by_role_never_by_url_base_name(tmp_path: Path) -> None:
+    """Given two uploads that share a base name (.../123/original, .../124/original)."""
+    settings = make_settings(tmp_path)
+    uploads = tmp_path / "uploads"
+    for folder, body in (("123", b"image-bytes"), ("124", b"audio-bytes")):
+        (uploads / folder).mkdir()
+        (uploads / folder / "original").write_bytes(body)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    image_url, audio_url = f"{uploads}/123/original", f"{uploads}/124/original"
+    image = fetch_input(image_url, role_path(work, "image", image_url), settings)
+    audio = fetch_input(audio_url, role_path(work, "audio", audio_url), settings)
+
+    assert (image.name, image.read_bytes()) == ("image.bin", b"image-bytes")
+    assert (audio.name, audio.read_bytes()) == ("audio.bin", b"audio-bytes")
+
+
+@pytest.mark.parametrize("role, url, name", [
+    ("image", "https://cdn.example.com/u/face.JPG?sig=1", "image.jpg"),
+    ("image", "/uploads/u/portrait.webp", "image.webp"),
+    ("image", "/uploads/u/../../etc/face.png", "image.png"),
+    ("image", "/uploads/u/face.svg", "image.bin"),
+    ("audio", "s3://uploads/u/take%201.M4A", "audio.m4a"),
+    ("audio", "/uploads/u/voice.mp3", "audio.mp3"),
+    ("audio", "/uploads/u/list.m3u8", "audio.bin"),
+    ("audio", "/uploads/u/concat.txt", "audio.bin"),
+    ("audio", "/uploads/u/face.png", "audio.bin"),
+    ("audio", "https://cdn.example.com/a/", "audio.bin"),
+    ("audio", "/uploads/u/.wav", "audio.bin"),
+])
+def test_role_paths_keep_only_known_extensions(tmp_path: Path, role: str, url: str,
+                                               name: str) -> None:
+    assert role_path(tmp_path, role, url) == tmp_path / name
 
 
 def test_dotdot_and_symlink_escapes_are_forbidden(tmp_path: Path) -> None:
@@ -95,6 +135,15 @@ def test_a_file_over_the_cap_is_too_large(tmp_path: Path) -> None:
     ("http://[::1]/a.wav", {"allowed_hosts": ["::1"]}),
     ("http://169.254.169.254/latest/meta-data/", {"allowed_hosts": ["169.254.169.254"]}),
     ("s3://bucket-only", {}),
+    ("s3://uploads/u/a.wav", {}),  # no bucket allowed by default
+    ("s3://sonic-videos/videos/other-tenant.mp4", {}),  # the results bucket is not implied
+    ("s3://other/u/a.wav", {"input_buckets": ["uploads"]}),
+    ("s3://uploads/results/a.wav", {"input_buckets": ["uploads/incoming"]}),
+    ("s3://uploads/incoming/../results/a.wav", {"input_buckets": ["uploads/incoming"]}),
+    ("s3://uploads/incoming/./a.wav", {"input_buckets": ["uploads/incoming"]}),
+    ("s3://uploads/incomingx/a.wav", {"input_buckets": ["uploads/incoming"]}),
+    ("s3://Uploads_/a.wav", {"input_buckets": ["Uploads_"]}),
+    ("s3://user:pw@uploads/a.wav", {"input_buckets": ["uploads"]}),
 ])
 def test_forbidden_urls_are_refused_without_network(tmp_path: Path, url: str,
                                                     overrides: dict[str, object]) -> None:
@@ -102,6 +151,47 @@ def test_forbidden_urls_are_refused_without_network(tmp_path: Path, url: str,
         check_url(url, make_settings(tmp_path, **overrides))
     assert code_of(exc) == "input.forbidden_url"
     assert "pw" not in str(exc.value)
+
+
+@pytest.mark.parametrize("url, buckets", [
+    ("s3://uploads/u/a.wav", ["uploads"]),
+    ("s3://uploads/incoming/u/a%20b.wav", ["uploads/incoming/", "other"]),
+    ("s3://media.example-1/x", ["media.example-1"]),
+])
+def test_allowed_buckets_and_prefixes(tmp_path: Path, url: str, buckets: list[str]) -> None:
+    ref = check_url(url, make_settings(tmp_path, input_buckets=buckets))
+    assert ref.scheme == "s3" and ref.bucket == url.split("/")[2]
+    assert " " in ref.key or "%" not in url
+
+
+def test_input_buckets_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SONIC_INPUT_BUCKETS", "uploads, partner/incoming")
+    assert load().input_buckets == ["uploads", "partner/incoming"]
+    monkeypatch.delenv("SONIC_INPUT_BUCKETS")
+    assert load().input_buckets == []
+
+
+def test_a_bucket_not_allowed_is_refused_at_fetch_before_any_request(tmp_path: Path) -> None:
+    """The worker re-checks: its own settings rule, whatever admission said."""
+    settings = make_settings(tmp_path, input_buckets=["uploads"],
+                             s3_endpoint="http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(InputError) as exc:
+        fetch_input("s3://sonic-videos/videos/t1.mp4", tmp_path / "x.mp4", settings)
+    assert code_of(exc) == "input.forbidden_url" and "SONIC_INPUT_BUCKETS" in exc.value.message
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_admission_refuses_a_bucket_not_allowed(tmp_path: Path) -> None:
+    from pipeline.jobs import decode
+
+    settings = make_settings(tmp_path, input_buckets=["uploads"])
+    message = {"task_id": "s3-bucket-1", "image_url": "s3://uploads/u/face.jpg",
+               "audio_url": "s3://sonic-videos/videos/other.mp4"}
+    with pytest.raises(Exception) as exc:
+        decode(json.dumps(message).encode(), settings)
+    assert getattr(exc.value, "code", None) == "input.forbidden_url"
+    message["audio_url"] = "s3://uploads/u/voice.mp3"
+    assert decode(json.dumps(message).encode(), settings).audio_url == message["audio_url"]
 
 
 def test_allowed_hosts_and_wildcards(tmp_path: Path) -> None:
@@ -239,3 +329,61 @@ def test_https_connects_to_the_checked_address_with_sni_and_verifies_the_name(
         assert fetch_input(url, tmp_path / "a.wav", settings).read_bytes() == b"over tls"
         assert files.server_names[-1] == "media.example.test"
         assert files.hosts == [f"media.example.test:{files.port}"]
+
+
+# --- IPv6 addresses that carry an IPv4 one ------------------------------------------------
+EMBEDDING_PRIVATE = [
+    "64:ff9b::7f00:1",  # NAT64 well-known prefix -> 127.0.0.1
+    "64:ff9b::a00:5",  # NAT64 -> 10.0.0.5
+    "64:ff9b::a9fe:a9fe",  # NAT64 -> 169.254.169.254 (cloud metadata)
+    "64:ff9b:1::808:808",  # local-use NAT64: the operator's own networks
+    "64:ff9b:1:7f00:0:100::",  # local-use NAT64, /48 embedding of 127.0.0.1
+    "::7f00:1",  # IPv4-compatible ::127.0.0.1
+    "::a9fe:a9fe",  # IPv4-compatible ::169.254.169.254
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:10.1.2.3",
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT)
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+    "2002:c0a8:101::1",  # 6to4 of 192.168.1.1
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
+    "::", "::1", "fe80::1", "fc00::1", "ff02::1",
+]
+EMBEDDING_PUBLIC = ["64:ff9b::808:808", "::ffff:8.8.8.8", "2002:808:808::1",
+                    "2606:4700:4700::1111", "8.8.8.8"]
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PRIVATE)
+def test_ipv6_forms_of_private_ipv4_are_not_public(tmp_path: Path, address: str) -> None:
+    assert not addresses.is_public(ipaddress.ip_address(address))
+    settings = make_settings(tmp_path, allowed_hosts=[address])
+    with pytest.raises(InputError) as exc:  # as a literal, refused at admission
+        check_url(f"http://[{address}]/a.wav", settings)
+    assert code_of(exc) == "input.forbidden_url"
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PRIVATE[:14])
+def test_a_name_resolving_to_an_embedded_private_address_is_refused_at_fetch(
+        tmp_path: Path, files: FileServer, monkeypatch: pytest.MonkeyPatch,
+        address: str) -> None:
+    settings = make_settings(tmp_path, allowed_hosts=["media.example.test"])
+    monkeypatch.setattr(addresses, "resolver",
+                        lambda host, port: [ipaddress.ip_address(address)])
+    url = files.add("/a.wav", b"x").replace("127.0.0.1", "media.example.test")
+    with pytest.raises(InputError) as exc:
+        fetch_input(url, tmp_path / "a.wav", settings)
+    assert code_of(exc) == "input.forbidden_url" and files.hosts == []
+
+
+@pytest.mark.parametrize("address", EMBEDDING_PUBLIC)
+def test_public_addresses_stay_public(address: str) -> None:
+    assert addresses.is_public(ipaddress.ip_address(address))
+
+
+def test_embedded_ipv4_reads_every_form() -> None:
+    found = {str(a) for a in addresses.embedded_ipv4(
+        ipaddress.ip_address("2001:0:4136:e378:8000:63bf:80ff:fffe"))}
+    assert found == {"65.54.227.120", "127.0.0.1"}  # Teredo: server and client
+    assert [str(a) for a in addresses.embedded_ipv4(ipaddress.ip_address("64:ff9b::a00:5"))] \
+        == ["10.0.0.5"]
+    assert addresses.embedded_ipv4(ipaddress.ip_address("10.0.0.5")) == []

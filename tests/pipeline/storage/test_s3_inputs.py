@@ -16,6 +16,7 @@ from .conftest import free_port, write
 
 def test_fetch_an_s3_input(store: S3Store, s3_settings: Settings, tmp_path: Path,
                            unique: str) -> None:
+    s3_settings = s3_settings.model_copy(update={"input_buckets": [store.bucket]})
     store.put_file(write(tmp_path / "src.wav", b"RIFF-audio"), f"uploads/{unique}.wav", "audio/wav")
     url = f"s3://{store.bucket}/uploads/{unique}.wav"
     assert fetch_input(url, tmp_path / "in.wav", s3_settings).read_bytes() == b"RIFF-audio"
