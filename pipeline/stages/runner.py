@@ -8,7 +8,8 @@ an outcome and a code; nothing escapes but a dying process.
         |
     run stage fn, watched (heartbeat; lease lost, cancel, deadline, budget stop it at once)
         |-- returns --> advance stage --> CONTINUE
-        |-- permanent error (ours, or any exception classified so) --> failed + code --> FAILED
+        |-- permanent error (ours, or any exception classified so) --> failed + code
+        |       --> lease released, work dir removed --> FAILED (the callback follows)
         |-- recoverable error --> release lease --> RETRY(backoff), FAILED after the cap
         |-- lease lost / cancelled --> SKIP (the new holder, or the canceller, goes on)
         |-- budget or soft time limit --> stage.timeout --> FAILED
@@ -36,6 +37,7 @@ from sqlalchemy import Engine
 
 from pipeline import faults, metrics
 from pipeline.errors import Cancelled, PipelineError, StageTimeout
+from pipeline.housekeeping import remove_workdir
 from pipeline.settings import STAGES, Settings
 from pipeline.stages.artifacts import task_workdir
 from pipeline.stages.watchdog import (BudgetExceeded, CancelledWhileRunning, DeadlinePassed,
@@ -276,8 +278,9 @@ def _stopped(ctx: StageContext, exc: LeaseLost) -> Result:
     """The lease went to another copy, or the task was cancelled: stop, record, skip."""
     lease = ctx.lease
     cancelled = isinstance(exc, CancelledWhileRunning)
-    if cancelled:  # nobody else will: the cancelled task keeps no lease
+    if cancelled:  # nobody else will: the cancelled task keeps no lease nor work dir
         _durably(ctx.settings, lambda: leases.release(ctx.engine, lease))
+        remove_workdir(ctx.settings, lease.task_id)
     _record(ctx.engine, lease.task_id, lease.stage, "cancelled" if cancelled else "lease_lost",
             worker=lease.owner, attempt=lease.attempt, duration_s=_since(ctx))
     metrics.observe_stage(lease.stage, "stopped", _since(ctx))
@@ -294,10 +297,19 @@ def _detail(exc: PipelineError, cause: BaseException | None) -> dict[str, Any]:
 def _failed(ctx: StageContext, exc: PipelineError, duration: float,
             cause: BaseException | None = None) -> Result:
     lease = ctx.lease
-    status = Status.CANCELLED if exc.code == "task.cancelled" else Status.FAILED
-    _durably(ctx.settings, lambda: journal.finish(
-        ctx.engine, lease.task_id, status, owner=lease.owner, error_code=exc.code,
-        error_message=exc.message))
+    if lease.stage == "callback":
+        # The job's outcome stands (a failed callback never fails a finished video):
+        # settle the callback as failed and give the lease back.
+        _durably(ctx.settings, lambda: leases.advance(ctx.engine, lease, None,
+                                                      callback_status="failed"))
+    else:
+        status = Status.CANCELLED if exc.code == "task.cancelled" else Status.FAILED
+        if not _durably(ctx.settings, lambda: journal.finish(
+                ctx.engine, lease.task_id, status, owner=lease.owner, error_code=exc.code,
+                error_message=exc.message)):
+            # Final already (cancelled meanwhile): its outcome stands; drop our lease.
+            _durably(ctx.settings, lambda: leases.release(ctx.engine, lease))
+        remove_workdir(ctx.settings, lease.task_id)  # failed for good: nothing reads it
     _record(ctx.engine, lease.task_id, lease.stage, "failed", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration, detail=_detail(exc, cause))
     metrics.observe_stage(lease.stage, "failed", duration)

@@ -181,3 +181,41 @@ def test_classify_keeps_our_errors_and_names_the_others() -> None:
         "resource.out_of_memory"
     assert faults.classify(TimeoutError()).code == "transport.error"
     assert faults.classify(RuntimeError("shape mismatch")).code == "internal.error"
+
+
+@pytest.mark.parametrize("raise_it", [_float_none, _memory, _disk_full])
+def test_a_job_failed_for_good_leaves_no_work_dir(fast: Settings, db_engine: Engine,
+                                                  task_id: str,
+                                                  raise_it: Callable[[], None]) -> None:
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        (ctx.workdir / "inputs").mkdir()
+        (ctx.workdir / "inputs" / "audio.mp3").write_bytes(b"\0" * 1024)
+        raise_it()
+        return {}
+
+    outcomes = [run_stage(fast, db_engine, task_id, "preprocess", stage).outcome
+                for _ in range(2)]
+    assert Outcome.FAILED in outcomes
+    assert _row(db_engine, task_id)["status"] == "failed"
+    assert not (fast.work_dir / task_id).exists()
+
+
+def test_a_crash_in_the_callback_stage_never_fails_a_finished_job(
+        fast: Settings, db_engine: Engine, task_id: str) -> None:
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET status = 'completed', stage = 'callback', "
+                          "finished_at = now() WHERE task_id = :t"), {"t": task_id})
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        _float_none()
+        return {}
+
+    result = run_stage(fast, db_engine, task_id, "callback", stage, max_attempts=10**6)
+    assert result.outcome is Outcome.FAILED and result.error.code == "internal.error"
+    row = _row(db_engine, task_id)
+    assert (row["status"], row["error_code"], row["callback_status"], row["lease_owner"]) == (
+        "completed", None, "failed", None)
+    # Settled: a redelivered callback stage sends nothing.
+    from pipeline.stages.callback import SETTLED
+
+    assert row["callback_status"] in SETTLED
