@@ -3,8 +3,8 @@
 The AAC track keeps the audio's own rate and channels within what players expect
 (:func:`pipeline.media.audio.delivery_format`: 44.1/48 kHz kept, mono kept, 5.1 to
 stereo, at most 48 kHz). The video lasts ``seconds`` (the length the engine rendered
-for, from the 16 kHz analysis copy); the audio starts with the first frame and never
-runs past the last.
+for, from the 16 kHz analysis copy) rounded up to whole frames; the audio starts with
+the first frame and ends with the last, padded with silence, never longer.
 """
 
 from __future__ import annotations
@@ -51,14 +51,19 @@ def audio_args(audio: str | Path, ff: FFmpeg) -> tuple[list[str], float | None]:
              "-ac", str(channels)], duration_s(info))
 
 
+def _cut(seconds: float) -> list[str]:
+    """Both streams end at ``seconds``: the audio padded with silence up to it (never cut
+    short of the last frame), the video's frames cut there."""
+    # -t, never -frames:v: in ffmpeg 5.1, -frames:v with -shortest dropped the audio still
+    # buffered when the frame limit was hit (half the speech went missing).
+    return ["-af", "apad", "-t", f"{seconds:.6f}"]
+
+
 def _output_args(fps: int, crf: int, seconds: float, sound: list[str],
                  out: Path) -> list[str | Path]:
-    # -t and -shortest, never -frames:v: in ffmpeg 5.1, -frames:v with -shortest drops
-    # the audio still buffered when the frame limit is hit (half the speech went missing).
     return ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "medium",
-            "-crf", str(crf), "-pix_fmt", "yuv420p", "-r", str(fps), *sound,
-            "-shortest", "-t", f"{seconds:.6f}", "-movflags", "+faststart",
-            "-f", "mp4", "-y", out]
+            "-crf", str(crf), "-pix_fmt", "yuv420p", "-r", str(fps), *sound, *_cut(seconds),
+            "-movflags", "+faststart", "-f", "mp4", "-y", out]
 
 
 def _write_frames(stdin: object, frames: Iterable[np.ndarray], shape: tuple[int, int],
@@ -99,8 +104,8 @@ def encode_video(
 
     The frames go through ffmpeg once (a raw file is read by ffmpeg itself, an iterable
     is streamed into its stdin). The video lasts ``seconds`` (default: the audio's
-    length): the frame count is fitted to it, the last frame repeated when short, and
-    the audio is cut there. Written to a temporary name and renamed, so a re-run
+    length) rounded up to whole frames: the frame count is fitted to it, the last frame
+    repeated when short, and the audio ends there too. Written to a temporary name and renamed, so a re-run
     overwrites cleanly.
     """
     if not 0 <= crf <= 51 or fps <= 0:
@@ -114,6 +119,7 @@ def encode_video(
     if not seconds:
         raise EncodeError(f"cannot read the duration of {Path(audio).name}")
     target = math.ceil(round(seconds * fps, 6))
+    seconds = target / fps  # whole frames: the audio ends with the last one
     width, height = size
     raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps)]
     if isinstance(frames, (str, Path)):
@@ -176,7 +182,7 @@ def replace_audio(src: str | Path, audio: str | Path, out_mp4: str | Path, *,
     sound, _ = audio_args(audio, ff)
     try:
         run_ffmpeg(["-i", src, "-i", audio, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
-                    *sound, "-shortest", "-t", f"{seconds:.6f}", "-movflags", "+faststart",
+                    *sound, *_cut(seconds), "-movflags", "+faststart",
                     "-f", "mp4", "-y", partial], ff=ff)
     except EncodeError:
         partial.unlink(missing_ok=True)

@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.engines.base import frame_count
 from pipeline.errors import Cancelled, EncodeError
-from pipeline.media.audio import SAMPLE_RATE, load_wav
-from pipeline.media.encode import encode_video, make_poster, remux_faststart
+from pipeline.media.audio import SAMPLE_RATE, load_wav, prepare_audio
+from pipeline.media.encode import encode_video, make_poster, remux_faststart, replace_audio
 from pipeline.media.ffmpeg import duration_s, probe, run_ffmpeg, stream
 
 SIZE = (128, 96)
@@ -124,3 +125,76 @@ def test_frames_of_the_wrong_size_are_refused(speech_16k: Path, tmp_path: Path) 
     wrong = np.zeros((4, 10, 10, 3), dtype=np.uint8)
     with pytest.raises(EncodeError):
         encode_video(iter([wrong]), speech_16k, tmp_path / "out.mp4", size=SIZE)
+
+
+# --- the user's audio in the video ------------------------------------------------------
+FIELD = Path("/work/shared/field-inputs")
+
+
+@pytest.mark.parametrize("source, expect", [
+    ("c08_speech_48k_stereo.m4a", (48_000, 2)), ("44k1 mono mp3", (44_100, 1)),
+    ("5.1 aac", (48_000, 2)), ("8k wav", (16_000, 1)),
+])
+def test_the_video_carries_the_kept_audio_at_its_rate_and_channels(
+        source: str, expect: tuple[int, int], tmp_path: Path) -> None:
+    from tests.pipeline.media.builders import at_level, clip, encode, speech_samples, surround
+
+    if source.startswith("c08"):
+        src = FIELD / source
+    else:
+        rate = {"44k1 mono mp3": 44_100, "5.1 aac": 48_000, "8k wav": 8_000}[source]
+        speech = at_level(speech_samples(tmp_path, "Open wide and say ah.", rate), -20)
+        if source == "5.1 aac":
+            src = surround(tmp_path / "in.m4a", speech, rate)
+        elif source == "8k wav":
+            src = clip(tmp_path / "in.wav", speech, rate=rate)
+        else:
+            src = encode(clip(tmp_path / "m.wav", speech, rate=rate), tmp_path / "in.mp3")
+    info = prepare_audio(src, tmp_path / "a.wav", max_s=60, keep=tmp_path / "keep.flac")
+    frames = frame_count(info.samples)  # what the engine renders: 2N-1, a little short
+
+    result = encode_video(iter(_frames(frames)), tmp_path / "keep.flac", tmp_path / "out.mp4",
+                          size=SIZE, seconds=info.duration_s)
+
+    probed = probe(result.path)
+    video, sound = stream(probed, "video"), stream(probed, "audio")
+    assert video is not None and sound is not None and sound["codec_name"] == "aac"
+    assert (int(sound["sample_rate"]), sound["channels"]) == expect
+    assert float(video["duration"]) == pytest.approx(info.duration_s, abs=1 / 25)
+    # The audio ends with the last frame: all the speech, padded, never longer.
+    assert float(sound["duration"]) <= float(video["duration"]) + 0.001
+    assert float(sound["duration"]) == pytest.approx(float(video["duration"]), abs=0.005)
+
+
+def test_the_video_audio_is_aligned_with_what_the_engine_heard(tmp_path: Path) -> None:
+    info = prepare_audio(FIELD / "c08_speech_48k_stereo.m4a", tmp_path / "a.wav", max_s=60,
+                         keep=tmp_path / "keep.flac")
+    encode_video(iter(_frames(frame_count(info.samples))), tmp_path / "keep.flac",
+                 tmp_path / "out.mp4", size=SIZE, seconds=info.duration_s)
+    run_ffmpeg(["-i", tmp_path / "out.mp4", "-map", "0:a:0", "-ac", "1", "-ar", "16000",
+                "-c:a", "pcm_s16le", "-y", tmp_path / "back.wav"])
+
+    heard, muxed = load_wav(info.path), load_wav(tmp_path / "back.wav")
+    span = slice(1600, min(len(heard), len(muxed)) - 1600)
+    lags = np.arange(-160, 161)  # +-10 ms
+    score = [float(np.dot(heard[span], np.roll(muxed, lag)[span])) for lag in lags]
+    assert abs(int(lags[int(np.argmax(score))])) <= 2  # within 1/8 ms
+
+
+def test_an_engine_video_gets_the_kept_audio_and_keeps_its_frames(speech_16k: Path,
+                                                                  tmp_path: Path) -> None:
+    """The Sonic path: its MP4 (16 kHz audio, 2N-1 frames) gets the user's 48 kHz stereo."""
+    engine = encode_video(iter(_frames(61)), speech_16k, tmp_path / "engine.mp4", size=SIZE,
+                          seconds=61 / 25)
+    run_ffmpeg(["-i", speech_16k, "-ac", "2", "-ar", "48000", "-c:a", "flac", "-y",
+                tmp_path / "keep.flac"])
+
+    out = replace_audio(engine.path, tmp_path / "keep.flac", tmp_path / "video.mp4")
+
+    probed = probe(out)
+    video, sound = stream(probed, "video"), stream(probed, "audio")
+    assert video is not None and sound is not None
+    assert int(video["nb_frames"]) == 61 and float(video["duration"]) == pytest.approx(2.44)
+    assert (int(sound["sample_rate"]), sound["channels"]) == (48_000, 2)
+    assert float(sound["duration"]) <= float(video["duration"]) + 0.001
+    assert not list(tmp_path.glob("*.partial*"))
