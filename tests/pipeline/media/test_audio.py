@@ -10,9 +10,9 @@ from pipeline.errors import CODES, AudioError, PipelineError
 from pipeline.media.audio import (MIN_SPEECH_S, SAMPLE_RATE, SPEECH_DBFS, WINDOW,
                                   delivery_format, load_wav, prepare_audio, window_levels_dbfs)
 from pipeline.media.ffmpeg import probe, stream
-from tests.pipeline.media.builders import (at_level, clip, encode, hum, noise, playlists,
-                                           speech_samples, surround, watched_fifo)
-from tests.pipeline.media.helpers import write_wav
+from tests.pipeline.media.builders import (FIELD, at_level, clip, encode, hum, noise,
+                                           playlists, speech_samples, surround, watched_fifo)
+from tests.pipeline.media.helpers import PORTRAIT, write_wav
 
 
 def test_speech_is_decoded_to_16k_mono_and_measured(speech_wav: Path, tmp_path: Path) -> None:
@@ -79,7 +79,6 @@ def test_error_codes_are_documented() -> None:
 
 
 # --- the silence rule: speech anywhere in the clip counts ----------------------------------
-FIELD = Path("/work/shared/field-inputs")
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +241,6 @@ def test_the_playlist_detector_sees_an_unrestricted_read(tmp_path: Path) -> None
 
 
 def test_an_image_sent_as_audio_is_an_unsupported_format(tmp_path: Path) -> None:
-    from tests.pipeline.media.helpers import PORTRAIT
-
     src = tmp_path / "audio.mp3"
     src.write_bytes(PORTRAIT.read_bytes())
     with pytest.raises(PipelineError) as caught:

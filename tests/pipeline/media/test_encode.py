@@ -12,6 +12,8 @@ from pipeline.errors import Cancelled, EncodeError
 from pipeline.media.audio import SAMPLE_RATE, load_wav, prepare_audio
 from pipeline.media.encode import encode_video, make_poster, remux_faststart, replace_audio
 from pipeline.media.ffmpeg import duration_s, probe, run_ffmpeg, stream
+from tests.pipeline.media.builders import (FIELD, at_level, clip, encode, speech_samples,
+                                           surround)
 
 SIZE = (128, 96)
 
@@ -128,7 +130,6 @@ def test_frames_of_the_wrong_size_are_refused(speech_16k: Path, tmp_path: Path) 
 
 
 # --- the user's audio in the video ------------------------------------------------------
-FIELD = Path("/work/shared/field-inputs")
 
 
 @pytest.mark.parametrize("source, expect", [
@@ -137,8 +138,6 @@ FIELD = Path("/work/shared/field-inputs")
 ])
 def test_the_video_carries_the_kept_audio_at_its_rate_and_channels(
         source: str, expect: tuple[int, int], tmp_path: Path) -> None:
-    from tests.pipeline.media.builders import at_level, clip, encode, speech_samples, surround
-
     if source.startswith("c08"):
         src = FIELD / source
     else:

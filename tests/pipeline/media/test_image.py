@@ -11,7 +11,8 @@ from PIL import Image
 from pipeline.errors import CODES, ImageError
 from pipeline.media.image import decode_image, prepare_image, square_crop_box
 from pipeline.media.imagefile import BACKGROUND
-from tests.pipeline.media.builders import BOMBS, GREEN, cutout, green_share, png_bomb, portrait
+from tests.pipeline.media.builders import (BOMBS, FIELD, GREEN, cutout, green_share, png_bomb,
+                                           portrait)
 from tests.pipeline.media.helpers import PORTRAIT
 
 
@@ -70,7 +71,6 @@ def test_missing_file_is_undecodable(tmp_path: Path) -> None:
 
 
 # --- images that declare more than they carry ----------------------------------------------
-FIELD = Path("/work/shared/field-inputs")
 
 
 @pytest.mark.parametrize("name", sorted(BOMBS))
@@ -102,7 +102,8 @@ def test_our_cap_applies_below_pillows(tmp_path: Path, side: int) -> None:
     with pytest.raises(ImageError) as caught:
         decode_image(bomb)
     assert caught.value.code == "image.too_large"
-    assert f"{side}x{side}" in caught.value.message and "SONIC_MAX_IMAGE_PIXELS" in caught.value.message
+    assert f"{side}x{side}" in caught.value.message
+    assert "SONIC_MAX_IMAGE_PIXELS" in caught.value.message
     assert caught.value.detail["size"] == [side, side]
 
 
