@@ -165,7 +165,7 @@ def test_window_levels_remove_the_mean_and_measure_the_tail() -> None:
 ])
 def test_the_users_audio_is_kept_at_its_own_rate_and_channels(
         source: str, rate: int, channels: int, expect: tuple[int, int],
-        sentence: np.ndarray, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
     speech = at_level(speech_samples(tmp_path, "Good morning, this is me.", rate), -20)
     mono = clip(tmp_path / "mono.wav", speech, rate=rate)
     if "5.1" in source:
