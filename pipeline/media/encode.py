@@ -105,8 +105,8 @@ def encode_video(
     The frames go through ffmpeg once (a raw file is read by ffmpeg itself, an iterable
     is streamed into its stdin). The video lasts ``seconds`` (default: the audio's
     length) rounded up to whole frames: the frame count is fitted to it, the last frame
-    repeated when short, and the audio ends there too. Written to a temporary name and renamed, so a re-run
-    overwrites cleanly.
+    repeated when short, and the audio ends there too. Written to a temporary name and
+    renamed, so a re-run overwrites cleanly.
     """
     if not 0 <= crf <= 51 or fps <= 0:
         raise EncodeError(f"crf must be within 0..51 (x264) and fps positive: {crf}, {fps}")
