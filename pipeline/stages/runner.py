@@ -174,7 +174,8 @@ def _run(settings: Settings, engine: Engine, task_id: str, stage: str, fn: Stage
         try:
             with watchdog.armed():
                 ctx.workdir = task_workdir(settings.work_dir, task_id)
-                ctx.workdir.mkdir(parents=True, exist_ok=True)
+                if stage != "callback":  # it reads nothing there (and it may be gone)
+                    ctx.workdir.mkdir(parents=True, exist_ok=True)
                 fields = fn(ctx)
         except LeaseLost as exc:
             return _stopped(ctx, exc)

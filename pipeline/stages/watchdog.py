@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from pipeline.faults import describe, is_database_error
+
 log = logging.getLogger(__name__)
 
 
@@ -136,8 +138,9 @@ class Watchdog:
             last_beat = now
             try:
                 verdict = self._beat()
-            except Exception:  # noqa: BLE001 - a missed beat is tried again next tick
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is tried again next tick
+                log.warning("heartbeat failed, tried again in %s s: %s", self._interval,
+                            describe(exc), exc_info=not is_database_error(exc))
                 verdict = None
             if verdict is not None or self.reason is not None:
                 # Insist at every beat while the stage still runs (code that swallowed it).
