@@ -1,4 +1,9 @@
-"""Step 1: decode and validate each record into a task row, or a rejection."""
+"""Step 1: decode and validate each record into a task row, or a rejection.
+
+A record the Kafka client could not decode (salvaged by :mod:`bridge.undecodable`) comes
+with its :class:`Problem` and is rejected as ``message.undecodable``; its task id is read
+from its value only when its bytes can be trusted (a bad header key, not a bad CRC).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,17 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from pipeline.errors import InvalidMessage
 from bridge.urls import CallbackChecks, InputChecks
-from pipeline.jobs import UrlCheck, decode, default_checks
+from pipeline.jobs import UrlCheck, decode, default_checks, peek_task_id
 from pipeline.settings import Settings
 from pipeline.state.admission import RejectRow
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the client cannot decode a record; ``trusted``: its key and value are intact."""
+
+    reason: str
+    trusted: bool
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,15 @@ class Decoded:
     invalid: list[bool] = field(default_factory=list)  #: per record, in order
 
 
+def undecodable(record: ConsumerRecord, problem: Problem) -> InvalidMessage:
+    """``message.undecodable`` for a record the client cannot decode."""
+    return InvalidMessage(
+        f"the Kafka client cannot decode the record at {record.topic}[{record.partition}]"
+        f"@{record.offset}: {problem.reason}", code="message.undecodable",
+        partition=record.partition, offset=record.offset,
+        task_id=peek_task_id(record.value) if problem.trusted else None)
+
+
 def key_text(key: bytes | None) -> str | None:
     if key is None:
         return None
@@ -55,13 +77,22 @@ class DecodeStep:
     def __call__(self, records: list[ConsumerRecord]) -> Decoded:
         return decode_batch(records, self.settings, self.check_url, self.check_callback)
 
+    def salvaged(self, salvage: Any) -> Decoded:
+        """A :class:`bridge.undecodable.Salvage`: its ``records`` with their ``problems``."""
+        return decode_batch(salvage.records, self.settings, self.check_url,
+                            self.check_callback, problems=salvage.problems)
+
 
 def decode_batch(records: list[ConsumerRecord], settings: Settings,
                  check_url: UrlCheck | None = None,
-                 check_callback: UrlCheck | None = None) -> Decoded:
+                 check_callback: UrlCheck | None = None,
+                 problems: dict[int, Problem] | None = None) -> Decoded:
     out = Decoded(records=records)
     for record in records:
         try:
+            problem = problems.get(record.offset) if problems else None
+            if problem is not None:
+                raise undecodable(record, problem)
             job = decode(record.value, settings, check_url=check_url,
                          check_callback=check_callback)
         except InvalidMessage as exc:

@@ -2,7 +2,10 @@
 
 ``send`` returns once every record is acknowledged by Kafka (``acks='all'``) or has
 failed; the loop commits a rejected record's offset only after its acknowledgement. A
-value the DLQ refuses for its size is replaced by an empty one with a header saying so.
+value the DLQ refuses for its size is replaced by an empty one with a header saying so
+(``sonic-value-dropped: too_large``); so is the missing value of a record that had neither
+key nor value (a bare tombstone, or an undecodable record nothing could be read from:
+``sonic-value-dropped: absent``), which Kafka clients refuse to produce as it is.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class DeadLetters:
 
     def _produce(self, rejection: Rejection, value: bytes | None, dropped: bool = False) -> Any:
         extra = [(H_DROPPED, b"too_large")] if dropped else []
+        if value is None and rejection.record.key is None:
+            value, extra = b"", [(H_DROPPED, b"too_large" if dropped else b"absent")]
         try:
             return self.producer.send(self.topic, key=rejection.record.key, value=value,
                                       headers=headers(rejection) + extra)

@@ -10,6 +10,12 @@
 A failing step never loses a record: Postgres down rewinds the batch (seek back) and
 backs off; a DLQ produce failure rewinds its partition from that record; Redis down
 keeps the admitted jobs (durable, ``received``) to dispatch again, paused meanwhile.
+
+A ``poll()`` that raises (a record the client cannot decode) never stops the loop: the
+undecodable step salvages the broken batch into an ordinary batch (its undecodable
+records rejected as ``message.undecodable``) and the partition resumes after it; when
+nothing can be located, the loop commits what is durable and subscribes again, which
+makes the client drop whatever it holds.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from bridge.errors import TRANSIENT
 from bridge.guard import InvalidRatio
 from bridge.process import Outcome
 from bridge.signals import Shutdown
+from bridge.undecodable import Salvage
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +71,15 @@ class Loop:
                  guard: InvalidRatio, batches: BatchThread,
                  undispatched: Callable[[], int], backpressure: Backpressure,
                  inflight: InFlight, shutdown: Shutdown, poll_timeout_ms: int,
-                 periodic: list[Every], topic: str) -> None:
+                 periodic: list[Every], topic: str,
+                 undecodable: Callable[[KafkaConsumer], list[tuple[Salvage, Decoded]]]
+                 | None = None) -> None:
         self.consumer, self.rebalance = consumer, rebalance
         self.decode, self.guard, self.batches = decode, guard, batches
         self.undispatched = undispatched
         self.backpressure, self.inflight, self.shutdown = backpressure, inflight, shutdown
         self.poll_timeout_ms, self.periodic, self.topic = poll_timeout_ms, periodic, topic
+        self.undecodable = undecodable
         self.watermark = Watermark()
         self.submitted = 0  #: rows handed to the batch thread, not yet dispatched
         self._backoff = 0.0
@@ -85,8 +95,7 @@ class Loop:
 
     def once(self) -> None:
         flow = self._flow()
-        records = self.consumer.poll(timeout_ms=self.poll_timeout_ms,
-                                     max_records=flow.max_records)
+        records = self._poll(flow.max_records)
         self.watermark.drop(self.rebalance.take_gone())
         if records:
             batch = [r for part in records.values() for r in part]
@@ -104,6 +113,51 @@ class Loop:
         self.commit()
         for task in self.periodic:
             task()
+
+    def _poll(self, max_records: int) -> dict:  # type: ignore[type-arg]
+        try:
+            return self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=max_records)
+        except Exception as exc:  # noqa: BLE001 - whatever the client fails on, move on
+            log.warning("poll failed (%s: %s); looking for records the client cannot decode",
+                        type(exc).__name__, exc)
+            self._salvage()
+            return {}
+
+    def _salvage(self) -> None:
+        found: list[tuple[Salvage, Decoded]] = []
+        if self.undecodable is not None:
+            try:
+                found = self.undecodable(self.consumer)
+            except TRANSIENT as exc:
+                log.error("reading the undecodable records failed (%s)", exc)
+        if not found:
+            self._resubscribe()
+            self._sleep_backoff()
+            return
+        for salvage, decoded in found:
+            for record in decoded.records:
+                self.watermark.track(salvage.tp, record.offset)
+            bad = sorted(salvage.problems)
+            log.error("%s: the client cannot decode the batch at %d; %d record(s) "
+                      "dead-lettered as message.undecodable (%s), the rest admitted; "
+                      "resuming at %d", salvage.tp,
+                      decoded.records[0].offset if decoded.records else salvage.resume_at, len(bad),
+                      salvage.problems[bad[0]].reason if bad else "an earlier record",
+                      salvage.resume_at)
+            self.guard.observe(decoded.invalid)
+            self.submitted += len(decoded.rows)
+            self.batches.submit(decoded)
+            self.consumer.seek(salvage.tp, salvage.resume_at)
+
+    def _resubscribe(self) -> None:
+        """Make the client drop what it fetched: commit the durable prefix, leave, rejoin
+        (records past the commit come again and are counted as duplicates)."""
+        log.error("no undecodable record located; committing and subscribing again")
+        self.collect(self.batches.outcomes(wait=True))
+        self.commit()
+        self.watermark.drop(self.consumer.assignment())
+        self.consumer.unsubscribe()
+        self.consumer.subscribe([self.topic], listener=self.rebalance)
 
     def collect(self, outcomes: list[Outcome]) -> None:
         for out in outcomes:

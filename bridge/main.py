@@ -14,14 +14,14 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from functools import partial
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from sqlalchemy import Engine, text
 
 from bridge import metrics
 from bridge.admit import Admit
 from bridge.backpressure import Backpressure, InFlight
 from bridge.batches import BatchThread
-from bridge.consumer import Rebalance, lag, make_consumer
+from bridge.consumer import CHECK_CRCS, Rebalance, lag, make_consumer
 from bridge.db import Postgres
 from bridge.decode import DecodeStep
 from bridge.dispatch import Dispatch, RedisMarkers
@@ -29,8 +29,10 @@ from bridge.dlq import DeadLetters
 from bridge.guard import InvalidRatio, InvalidRatioExceeded
 from bridge.loop import Every, Loop
 from bridge.process import Process
+from bridge.rawfetch import RawFetcher, check_client
 from bridge.services import KAFKA_BOOTSTRAP_TIMEOUT_MS, kafka, postgres, redis_client
 from bridge.signals import Shutdown
+from bridge.undecodable import UndecodableStep
 from pipeline import chains, reconcile
 from pipeline.epoch import RedisEpoch
 from pipeline.errors import ConfigError, ServiceUnavailable
@@ -77,6 +79,7 @@ def run(settings: Settings) -> int:
 @contextmanager
 def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
     topic = settings.topic_tasks
+    check_client()  # the undecodable-record step relies on this kafka-python's internals
     with ExitStack() as stack:
         engine = postgres(settings)
         stack.callback(engine.dispose)
@@ -116,13 +119,20 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
             Every(settings.lag_interval_s,
                   lambda: metrics.LAG.labels(topic).set(lag(consumer)), "lag"),
         ]
-        loop = Loop(consumer, rebalance, DecodeStep(settings),
+        decode = DecodeStep(settings)
+        undecodable = UndecodableStep(RawFetcher(lambda: KafkaConsumer(
+            client_id=f"{consumer.config['client_id']}-raw", enable_auto_commit=False,
+            bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+            **settings.kafka_client_config())), decode.salvaged, CHECK_CRCS)
+        stack.callback(undecodable.close)
+        loop = Loop(consumer, rebalance, decode,
                     InvalidRatio(settings.invalid_ratio_max, settings.invalid_window), batches,
                     lambda: len(process.undispatched),
                     Backpressure(settings.inflight_max, settings.inflight_low,
                                  settings.bridge_batch_max),
                     InFlight(partial(_count_inflight, engine, topic), settings.inflight_refresh_s),
-                    shutdown, settings.bridge_poll_timeout_ms, periodic, topic)
+                    shutdown, settings.bridge_poll_timeout_ms, periodic, topic,
+                    undecodable=undecodable)
         metrics.serve(settings.metrics_port)
         yield loop
 

@@ -24,6 +24,9 @@ PACKAGES = {
     "sox": lambda: shutil.which("sox") is not None,
     "openjdk-17-jre-headless": lambda: shutil.which("java") is not None,
     "maven": lambda: shutil.which("mvn") is not None,
+    # Produces the records the bridge's tests need that Python clients cannot (a header
+    # key that is not UTF-8); handy for operators replaying the DLQ.
+    "kcat": lambda: shutil.which("kcat") is not None,
 }
 #: Packages each service cannot start without.
 NEEDS = {
