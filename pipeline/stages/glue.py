@@ -49,9 +49,13 @@ def process_engine(settings: Settings) -> Engine:
 
 
 def send_callback(task: Task, task_id: str) -> None:
-    """Publish the callback stage of ``task_id`` (raises the broker's error)."""
+    """Publish the callback stage of ``task_id`` (raises the broker's error).
+
+    ``ignore_result``: nobody waits for it (else Celery subscribes to its result in Redis,
+    and during a Redis outage that subscription gives up on the whole process)."""
     task.app.send_task(TASK_NAMES["callback"], args=[task_id], queue="callback",
-                       task_id=f"{task_id}:callback", retry=True, retry_policy=PUBLISH_RETRY)
+                       task_id=f"{task_id}:callback", ignore_result=True, retry=True,
+                       retry_policy=PUBLISH_RETRY)
 
 
 def publish_next(task: Task) -> bool:
