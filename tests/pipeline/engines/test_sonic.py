@@ -59,6 +59,13 @@ FAKE_SONIC = textwrap.dedent('''
                     raise UnboundLocalError("local variable 'bbox_s' referenced before assignment")
                 if BEHAVIOUR == "oom":
                     raise OutOfMemoryError("CUDA out of memory")
+                if BEHAVIOUR == "endless":  # a diffusion loop that never ends
+                    config.seed = 7  # mutated mid-call, as Sonic does
+                    while True:
+                        try:
+                            time.sleep(0.05)
+                        except Exception:  # Sonic's code may swallow errors
+                            pass
                 if BEHAVIOUR == "ffmpeg_fails":
                     os.system("exit 1")  # the exit code is ignored, as upstream
                     return 0
@@ -227,3 +234,45 @@ def test_unavailable_without_cuda(sonic_repo: Path) -> None:
         SonicEngine().load(_settings(sonic_repo))
     assert no_driver.value.code == "engine.unavailable"
     assert "NVIDIA driver" in no_driver.value.message
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stop", ["lease_taken", "budget"])
+def test_the_watchdog_stops_sonic_inside_its_one_blocking_call(
+        engine: SonicEngine, job: RenderRequest, stack: Settings, db_engine, unique: str,
+        stop: str) -> None:
+    """process() never polls should_stop: the stage's watchdog stops it from inside, and
+    the adapter still restores Sonic's config and lets the next job in."""
+    import time
+
+    from sqlalchemy import text
+
+    from pipeline.stages.runner import Outcome, run_stage
+
+    task_id = f"sonic-stop-{unique}"
+    with db_engine.begin() as conn:
+        conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
+                          "VALUES (:t, 'queued', 'gpu', '{}')"), {"t": task_id})
+    fast = stack.model_copy(update={"heartbeat_interval_s": 1, "work_dir": job.out_dir})
+    setattr(_fake(), "BEHAVIOUR", "endless")
+
+    def stage(ctx):  # type: ignore[no-untyped-def]
+        if stop == "budget":
+            ctx.limit_time(1.0)
+        else:
+            with db_engine.begin() as conn:
+                conn.execute(text("UPDATE tasks SET lease_owner = 'elsewhere' "
+                                  "WHERE task_id = :t"), {"t": task_id})
+        engine.render(job, lambda _: None, ctx.should_stop)
+        return {}
+
+    begun = time.monotonic()
+    result = run_stage(fast, db_engine, task_id, "gpu", stage)
+    assert time.monotonic() - begun < 2.5
+    if stop == "budget":
+        assert result.outcome is Outcome.FAILED and result.error.code == "stage.timeout"
+    else:
+        assert result.outcome is Outcome.SKIP
+    assert _fake().ACTIVE[0] == 0 and vars(_fake().Sonic.config)["seed"] == 42
+    setattr(_fake(), "BEHAVIOUR", "ok")
+    assert _render(engine, job).video_path.is_file()  # the lock was released
