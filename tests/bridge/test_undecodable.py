@@ -68,13 +68,17 @@ def test_header_keys_that_are_not_utf8_are_dead_lettered_and_the_partition_moves
         kcat_produce(case.settings, case.topic, 0, job(f"{p}-bad{i}"), key=b"user1",
                      header_key=header_key)
         expected[2 * i + 1] = (f"{p}-bad{i}", header_key)
+    # header values are bytes: any value, UTF-8 or not, is fine for the client
+    kcat_produce(case.settings, case.topic, 0, job(f"{p}-value"), header_key=b"trace",
+                 header_value=b"\xff\xfe\x01binary")
     case.produce([(None, job(f"{p}-last"))], partition=0)
     case.produce([(None, job(f"{p}-other"))], partition=1)
 
     run_until_drained(case)
 
     rows = case.rows()
-    good = {f"{p}-ok{i}" for i in range(len(bad_keys))} | {f"{p}-last", f"{p}-other"}
+    good = {f"{p}-ok{i}" for i in range(len(bad_keys))} | {f"{p}-value", f"{p}-last",
+                                                            f"{p}-other"}
     assert {t for t, r in rows.items() if r["status"] == "queued"} == good
     for offset, (task_id, header_key) in expected.items():
         row = rows[task_id]  # the value was readable: a rejected row names it

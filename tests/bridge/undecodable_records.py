@@ -23,12 +23,13 @@ BAD_KEY = b"k\xff"  #: not UTF-8
 
 
 def kcat_produce(settings: Settings, topic: str, partition: int, value: bytes,
-                 key: bytes = b"", header_key: bytes = BAD_KEY, codec: str | None = None) -> None:
-    """One record through kcat (librdkafka), with a header whose key is ``header_key``."""
+                 key: bytes = b"", header_key: bytes = BAD_KEY, codec: str | None = None,
+                 header_value: bytes = b"v") -> None:
+    """One record through kcat (librdkafka), with a header ``header_key=header_value``."""
     kcat = shutil.which("kcat")
     assert kcat, "kcat is not installed: `ops/stack.py install` (Debian package kcat)"
     argv = [kcat, "-P", "-b", settings.kafka_bootstrap, "-t", topic, "-p", str(partition),
-            "-H", (header_key + b"=v").decode("utf-8", "surrogateescape")]
+            "-H", (header_key + b"=" + header_value).decode("utf-8", "surrogateescape")]
     if key:
         argv += ["-k", key.decode()]
     if codec:
