@@ -114,7 +114,7 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
                 dispatch=lambda t, p, s: chains.dispatch_one(app, t, p, s),
                 markers=RedisMarkers(client, topic), stalled_after_s=settings.stalled_after_s,
                 callback_max_age_s=settings.webhook_max_age_s, since=_db_now(engine),
-                broker=RedisEpoch(client, topic)),
+                broker=RedisEpoch(client, engine, topic)),
                 "reconciler", first_s=0.0),
             Every(settings.lag_interval_s,
                   lambda: metrics.LAG.labels(topic).set(lag(consumer)), "lag"),

@@ -135,3 +135,15 @@ class TaskEvent(Base):
         Index("ix_task_events_at", "at"),
         Index("ix_task_events_event_at", "event", "at"),
     )
+
+
+class BrokerEpoch(Base):
+    """The Celery broker's ``run_id`` the reconciler last handled, per topic
+    (:mod:`pipeline.epoch`)."""
+
+    __tablename__ = "broker_epochs"
+
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(),
+                                              nullable=False)

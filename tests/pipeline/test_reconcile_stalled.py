@@ -18,6 +18,8 @@ from tests.bridge.test_reconcile import insert, row
 
 pytestmark = pytest.mark.integration
 
+#: Redis database of the epoch test (the suite's other tests use others).
+EPOCH_REDIS_DB = 13
 OLD = "now() - interval '1 hour'"
 AGES_AGO = "now() - interval '3 days'"
 
@@ -154,18 +156,26 @@ def test_jobs_received_before_the_bridge_started_go_out_at_once(db_engine: Engin
     assert row(db_engine, f"{topic}-mine")["status"] == "received"
 
 
-def test_redis_epoch_changes_with_the_run_id_and_with_lost_data(stack: Settings) -> None:
-    client = redis.Redis(host=stack.redis_host, port=stack.redis_port, db=stack.redis_db)
-    epoch = RedisEpoch(client, f"test-{uuid.uuid4().hex[:8]}")
+def test_redis_epoch_is_the_run_id_remembered_in_postgres(stack: Settings,
+                                                          db_engine: Engine) -> None:
+    # A database of its own: the test flushes it.
+    client = redis.Redis(host=stack.redis_host, port=stack.redis_port, db=EPOCH_REDIS_DB)
+    topic = f"test-epoch-{uuid.uuid4().hex[:8]}"
+    epoch = RedisEpoch(client, db_engine, topic)
     try:
         run_id = client.info("server")["run_id"]
-        assert epoch.restarted() == run_id  # never seen: treated as a new epoch
+        assert epoch.restarted() is None  # the first server a topic sees is only recorded
+        assert epoch.restarted() is None
+        with db_engine.begin() as conn:  # as if Redis restarted since
+            conn.execute(text("UPDATE broker_epochs SET run_id = 'an-older-run' "
+                              "WHERE topic = :t"), {"t": topic})
+        assert epoch.restarted() == run_id
+        assert epoch.restarted() == run_id  # until confirmed
         epoch.confirm(run_id)
         assert epoch.restarted() is None
-        client.set(epoch.key, "an-older-run")  # Redis restarted since
-        assert epoch.restarted() == run_id
-        client.delete(epoch.key)  # Redis lost its data
-        assert epoch.restarted() == run_id
+        client.flushdb()  # Redis's data is not where the epoch lives
+        assert epoch.restarted() is None
     finally:
-        client.delete(epoch.key)
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM broker_epochs WHERE topic = :t"), {"t": topic})
         client.close()
