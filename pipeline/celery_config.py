@@ -86,7 +86,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.worker_concurrency,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A Redis blink must not kill an hour of rendering: the running task goes on, its
+        # lease in PostgreSQL keeps any redelivered copy from starting beside it, and what
+        # it publishes next is retried (or left to the reconciler).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
