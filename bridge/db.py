@@ -10,8 +10,8 @@ from sqlalchemy import Engine
 
 
 class Postgres:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, db_engine: Engine) -> None:
+        self.db_engine = db_engine
         self._conn: Any = None
 
     @contextmanager
@@ -21,7 +21,7 @@ class Postgres:
         After a connection error the connection is dropped; the next call opens a new one.
         """
         if self._conn is None:
-            self._conn = self.engine.raw_connection()
+            self._conn = self.db_engine.raw_connection()
         conn = self._conn
         try:
             with conn.cursor() as cur:

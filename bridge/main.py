@@ -81,8 +81,8 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
     topic = settings.topic_tasks
     check_client()  # the undecodable-record step relies on this kafka-python's internals
     with ExitStack() as stack:
-        engine = postgres(settings)
-        stack.callback(engine.dispose)
+        db_engine = postgres(settings)
+        stack.callback(db_engine.dispose)
         client = redis_client(settings)
         stack.callback(client.close)
         producer = kafka(settings, lambda: KafkaProducer(
@@ -99,7 +99,7 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         app = chains.make_app(settings)
         publisher = chains.ChainPublisher(app, client)
         stack.callback(publisher.close)
-        db = Postgres(engine)
+        db = Postgres(db_engine)
         stack.callback(db.close)
         process = Process(Admit(db), DeadLetters(producer, settings.topic_dlq),
                           Dispatch(publisher, client, db, topic), topic)
@@ -109,12 +109,12 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
             # The first sweep runs at once: jobs a dead bridge admitted but never
             # dispatched (received before this one started) go out now.
             Every(settings.reconcile_interval_s, partial(
-                reconcile.sweep, engine, topic=topic,
+                reconcile.sweep, db_engine, topic=topic,
                 requeue_after_s=settings.requeue_after_s, max_attempts=settings.max_attempts,
                 dispatch=lambda t, p, s: chains.dispatch_one(app, t, p, s),
                 markers=RedisMarkers(client, topic), stalled_after_s=settings.stalled_after_s,
-                callback_max_age_s=settings.webhook_max_age_s, since=_db_now(engine),
-                broker=RedisEpoch(client, engine, topic)),
+                callback_max_age_s=settings.webhook_max_age_s, since=_db_now(db_engine),
+                broker=RedisEpoch(client, db_engine, topic)),
                 "reconciler", first_s=0.0),
             Every(settings.lag_interval_s,
                   lambda: metrics.LAG.labels(topic).set(lag(consumer)), "lag"),
@@ -130,18 +130,19 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
                     lambda: len(process.undispatched),
                     Backpressure(settings.inflight_max, settings.inflight_low,
                                  settings.bridge_batch_max),
-                    InFlight(partial(_count_inflight, engine, topic), settings.inflight_refresh_s),
+                    InFlight(partial(_count_inflight, db_engine, topic),
+                             settings.inflight_refresh_s),
                     shutdown, settings.bridge_poll_timeout_ms, periodic, topic,
                     undecodable=undecodable)
         metrics.serve(settings.metrics_port)
         yield loop
 
 
-def _db_now(engine: Engine) -> datetime:
-    with engine.connect() as conn:
+def _db_now(db_engine: Engine) -> datetime:
+    with db_engine.connect() as conn:
         return conn.execute(text("SELECT now()")).scalar_one()
 
 
-def _count_inflight(engine: Engine, topic: str) -> int:
-    with engine.connect() as conn:
+def _count_inflight(db_engine: Engine, topic: str) -> int:
+    with db_engine.connect() as conn:
         return int(conn.execute(_INFLIGHT, {"topic": topic}).scalar_one())

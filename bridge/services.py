@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 
 from pipeline.errors import ConfigError, ServiceUnavailable
 from pipeline.settings import Settings
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 from pipeline.state.health import explain_db_error
 
 #: How long the start-up waits for a Kafka broker before exit 4.
@@ -29,18 +29,18 @@ T = TypeVar("T")
 
 
 def postgres(settings: Settings) -> Engine:
-    engine = make_engine(settings, pool_size=2)
+    db_engine = make_db_engine(settings, pool_size=2)
     try:
-        with engine.connect() as conn:
+        with db_engine.connect() as conn:
             conn.execute(text("SELECT 1 FROM tasks LIMIT 0"))
     except sqlalchemy.exc.ProgrammingError:
-        engine.dispose()
+        db_engine.dispose()
         raise ConfigError("postgres: the tasks table is missing; run "
                           "`sonic-pipeline db upgrade`") from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        engine.dispose()
+        db_engine.dispose()
         raise explain_db_error(exc, settings) from None
-    return engine
+    return db_engine
 
 
 def redis_client(settings: Settings) -> redis.Redis:

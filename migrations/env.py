@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import pool
 
 from pipeline.state.migrate import settings_from_config
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 from pipeline.state.models import Base
 
 config = context.config
@@ -23,8 +23,8 @@ def run_offline() -> None:
 
 def run_online() -> None:
     settings = settings_from_config(config)
-    engine = make_engine(settings, poolclass=pool.NullPool, pool_size=None)
-    with engine.connect() as connection:
+    db_engine = make_db_engine(settings, poolclass=pool.NullPool, pool_size=None)
+    with db_engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata)
         with context.begin_transaction():
             context.run_migrations()

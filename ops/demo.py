@@ -31,7 +31,7 @@ from sqlalchemy import text  # noqa: E402
 
 from pipeline.commands import POOLS, worker_argv  # noqa: E402
 from pipeline.settings import Settings, load  # noqa: E402
-from pipeline.state.db import make_engine  # noqa: E402
+from pipeline.state.db import make_db_engine  # noqa: E402
 from pipeline.webhooks import verify  # noqa: E402
 
 PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
@@ -92,12 +92,12 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def wait_final(settings: Settings, task_id: str) -> dict[str, Any]:
-    engine = make_engine(settings, pool_size=1)
+    db_engine = make_db_engine(settings, pool_size=1)
     last = None
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while time.monotonic() < deadline:
-            with engine.connect() as conn:
+            with db_engine.connect() as conn:
                 row = conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                                    {"t": task_id}).mappings().first()
             if row is not None:
@@ -111,7 +111,7 @@ def wait_final(settings: Settings, task_id: str) -> dict[str, Any]:
                     return dict(row)
             time.sleep(0.5)
     finally:
-        engine.dispose()
+        db_engine.dispose()
     raise SystemExit(f"demo: the job did not finish within {TIMEOUT_S}s")
 
 

@@ -130,15 +130,15 @@ def housekeeping(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from pipeline.housekeeping import sweep_workdirs
-    from pipeline.state.db import make_engine
+    from pipeline.state.db import make_db_engine
     from pipeline.state.health import explain_db_error
 
-    engine = make_engine(settings)
+    db_engine = make_db_engine(settings)
     try:
-        removed = sweep_workdirs(settings, engine, args.older_than, dry_run=args.dry_run)
+        removed = sweep_workdirs(settings, db_engine, args.older_than, dry_run=args.dry_run)
     except SQLAlchemyError as exc:  # turned into one actionable line (exit 3 or 4)
         raise explain_db_error(exc, settings) from exc
     finally:
-        engine.dispose()
+        db_engine.dispose()
     print(json.dumps({"removed": [str(p) for p in removed], "dry_run": args.dry_run}))
     return 0

@@ -27,8 +27,8 @@ ON CONFLICT (topic) DO UPDATE SET run_id = excluded.run_id, seen_at = now()""")
 class RedisEpoch:
     """:class:`pipeline.reconcile.Broker` for a Redis broker, remembered in PostgreSQL."""
 
-    def __init__(self, client: redis.Redis, engine: Engine, topic: str) -> None:
-        self.client, self.engine, self.topic = client, engine, topic
+    def __init__(self, client: redis.Redis, db_engine: Engine, topic: str) -> None:
+        self.client, self.db_engine, self.topic = client, db_engine, topic
 
     def run_id(self) -> str:
         """The Redis server's current ``run_id``; raises ``redis.RedisError``."""
@@ -40,7 +40,7 @@ class RedisEpoch:
 
         Raises ``redis.RedisError`` or the database driver's errors."""
         run_id = self.run_id()
-        with self.engine.begin() as conn:
+        with self.db_engine.begin() as conn:
             seen = conn.execute(_SEEN, {"topic": self.topic}).scalar()
             if seen is None:
                 conn.execute(_FIRST, {"topic": self.topic, "run_id": run_id})
@@ -49,5 +49,5 @@ class RedisEpoch:
 
     def confirm(self, token: str) -> None:
         """Remember ``token`` (a ``run_id``) as handled."""
-        with self.engine.begin() as conn:
+        with self.db_engine.begin() as conn:
             conn.execute(_CONFIRM, {"topic": self.topic, "run_id": token})

@@ -71,7 +71,7 @@ def remove_workdir(settings: Settings, task_id: str) -> bool:
     return _remove(Path(settings.work_dir) / task_id)
 
 
-def sweep_workdirs(settings: Settings, engine: Engine, older_than_s: float | None = None,
+def sweep_workdirs(settings: Settings, db_engine: Engine, older_than_s: float | None = None,
                    *, dry_run: bool = False, now: float | None = None) -> list[Path]:
     """Remove the work dirs that no job needs (see the module docstring); return them.
 
@@ -86,7 +86,7 @@ def sweep_workdirs(settings: Settings, engine: Engine, older_than_s: float | Non
     entries = _entries(root)
     if not entries:
         return []
-    states = _task_states(engine, list(entries))
+    states = _task_states(db_engine, list(entries))
     protected = _protected(settings)
     removed: list[Path] = []
     for name, path in sorted(entries.items()):
@@ -126,10 +126,10 @@ def _entries(root: Path) -> dict[str, Path]:
     return found
 
 
-def _task_states(engine: Engine, ids: list[str]) -> dict[str, tuple[bool, bool]]:
+def _task_states(db_engine: Engine, ids: list[str]) -> dict[str, tuple[bool, bool]]:
     """``{task_id: (final, leased)}`` for the ids that have a row."""
     states: dict[str, tuple[bool, bool]] = {}
-    with engine.connect() as conn:
+    with db_engine.connect() as conn:
         for start in range(0, len(ids), _CHUNK):
             rows = conn.execute(_STATES, {"final": list(_FINAL),
                                           "ids": ids[start:start + _CHUNK]})

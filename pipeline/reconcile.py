@@ -167,7 +167,7 @@ class Sweep:
     broker_restarted: bool = False  #: the broker's new epoch was handled in this sweep
 
 
-def sweep(engine: Engine, *, topic: str, requeue_after_s: float, max_attempts: int,
+def sweep(db_engine: Engine, *, topic: str, requeue_after_s: float, max_attempts: int,
           dispatch: DispatchFn, markers: Markers | None = None, limit: int = 500,
           stalled_after_s: float | None = None, callback_max_age_s: float = 24 * 3600,
           since: datetime | None = None, broker: Broker | None = None) -> Sweep:
@@ -182,7 +182,7 @@ def sweep(engine: Engine, *, topic: str, requeue_after_s: float, max_attempts: i
     """
     markers = markers or NoMarkers()
     epoch = broker.restarted() if broker is not None else None
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         conn.execute(_LIMITS)
         if not conn.execute(_LOCK, {"key": f"sonic-reconcile:{topic}"}).scalar():
             return Sweep(locked=False)

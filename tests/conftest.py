@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from pipeline.settings import Settings, load
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -47,9 +47,9 @@ def db_engine(stack: Settings) -> Iterator[Engine]:
     from pipeline.state import migrate
 
     migrate.upgrade(stack)
-    engine = make_engine(stack)
-    yield engine
-    engine.dispose()
+    db_engine = make_db_engine(stack)
+    yield db_engine
+    db_engine.dispose()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ _FIRST_TRY = text("""
 
 def timings(ctx: StageContext) -> dict[str, Any]:
     task = ctx.task
-    with ctx.engine.connect() as conn:
+    with ctx.db_engine.connect() as conn:
         stages = {stage: round(total, 3) for stage, total in conn.execute(
             _TIMINGS, {"t": ctx.task_id})}
     out: dict[str, Any] = {"stages_s": stages}
@@ -60,9 +60,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         result = deliver(task["callback_url"], payload_of(ctx),
                          message_id(ctx.task_id, task["status"]), ctx.settings, attempt=attempt)
     except CallbackRetry as exc:
-        journal.record(ctx.engine, ctx.task_id, "callback", "delivery", attempt=attempt,
+        journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=attempt,
                        detail=exc.as_dict())
-        with ctx.engine.connect() as conn:
+        with ctx.db_engine.connect() as conn:
             first = conn.execute(_FIRST_TRY, {"t": ctx.task_id}).scalar()
         now = datetime.now(timezone.utc)
         if first is not None and should_give_up(first, now, ctx.settings.webhook_max_age_s):
@@ -71,15 +71,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         exc.detail["delay_s"] = retry_delay(attempt, exc.detail.get("retry_after"))
         raise
     except PermanentError as exc:
-        journal.record(ctx.engine, ctx.task_id, "callback", "delivery", attempt=attempt,
+        journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=attempt,
                        detail=exc.as_dict())
         return {"callback_status": "failed", "callback_attempts": attempt}
-    journal.record(ctx.engine, ctx.task_id, "callback", "delivery", attempt=attempt,
+    journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=attempt,
                    duration_s=result.duration, detail={"status_code": result.status_code})
     return {"callback_status": "delivered", "callback_attempts": attempt}
 
 
 def _set(ctx: StageContext, status: str, attempts: int) -> None:
-    with ctx.engine.begin() as conn:
+    with ctx.db_engine.begin() as conn:
         conn.execute(text("UPDATE tasks SET callback_status = :s, callback_attempts = :a "
                           "WHERE task_id = :t"), {"s": status, "a": attempts, "t": ctx.task_id})

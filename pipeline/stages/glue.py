@@ -27,7 +27,7 @@ from pipeline.celery_config import TASK_NAMES
 from pipeline.settings import Settings
 from pipeline.stages.runner import Outcome, StageFn, next_stage, run_stage, worker_id
 from pipeline.state import leases
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,16 @@ log = logging.getLogger(__name__)
 PUBLISH_RETRY: dict[str, Any] = {"max_retries": 8, "interval_start": 0.5,
                                  "interval_step": 1.0, "interval_max": 4.0}
 
-_engines: dict[int, Engine] = {}
+_db_engines: dict[int, Engine] = {}
 
 
-def process_engine(settings: Settings) -> Engine:
+def process_db_engine(settings: Settings) -> Engine:
     """One SQLAlchemy engine per process (a forked child never reuses its parent's)."""
     pid = os.getpid()
-    if pid not in _engines:
-        _engines.clear()
-        _engines[pid] = make_engine(settings)
-    return _engines[pid]
+    if pid not in _db_engines:
+        _db_engines.clear()
+        _db_engines[pid] = make_db_engine(settings)
+    return _db_engines[pid]
 
 
 def send_callback(task: Task, task_id: str) -> None:
@@ -72,10 +72,10 @@ def publish_next(task: Task) -> bool:
     return True
 
 
-def _owed(engine: Engine, task_id: str, stage: str, owner: str, exc: BaseException) -> None:
+def _owed(db_engine: Engine, task_id: str, stage: str, owner: str, exc: BaseException) -> None:
     """The message for ``stage`` could not be published: leave it to the reconciler."""
     log.error("cannot publish %s of %s (%r): handed to the reconciler", stage, task_id, exc)
-    if not leases.hand_off(engine, task_id, stage, owner):
+    if not leases.hand_off(db_engine, task_id, stage, owner):
         log.warning("%s of %s not handed off: another live lease holds it", stage, task_id)
 
 
@@ -86,8 +86,8 @@ def execute(task: Task, settings: Settings, stage: str, task_id: str, fn: StageF
     ``owner``: the lease token a retried message carries (None for a first delivery).
     Raises ``Retry`` or ``Ignore`` as Celery expects; returns ``task_id`` otherwise.
     """
-    engine = process_engine(settings)
-    result = run_stage(settings, engine, task_id, stage, fn, owner=owner,
+    db_engine = process_db_engine(settings)
+    result = run_stage(settings, db_engine, task_id, stage, fn, owner=owner,
                        max_attempts=max_attempts, retries=task.request.retries or 0)
     if result.outcome is Outcome.CONTINUE:
         following = next_stage(stage)
@@ -95,7 +95,7 @@ def execute(task: Task, settings: Settings, stage: str, task_id: str, fn: StageF
             publish_next(task)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the step is owed
             if following is not None:
-                _owed(engine, task_id, following, owner or worker_id(), exc)
+                _owed(db_engine, task_id, following, owner or worker_id(), exc)
             task.request.chain = None
         return task_id
     if result.outcome is Outcome.RETRY:
@@ -106,11 +106,11 @@ def execute(task: Task, settings: Settings, stage: str, task_id: str, fn: StageF
         except Retry:
             raise
         except Reject as exc:  # the retry could not be published
-            _owed(engine, task_id, stage, result.owner or owner or worker_id(), exc)
+            _owed(db_engine, task_id, stage, result.owner or owner or worker_id(), exc)
             raise Ignore() from None
     if result.outcome is Outcome.FAILED and stage != "callback":
         try:
             send_callback(task, task_id)
         except Exception as exc:  # noqa: BLE001
-            _owed(engine, task_id, "callback", owner or worker_id(), exc)
+            _owed(db_engine, task_id, "callback", owner or worker_id(), exc)
     raise Ignore()

@@ -76,10 +76,10 @@ class StageContext:
     """What a stage function gets: the task row, its work dir, progress, stop checks and
     its time budget."""
 
-    def __init__(self, settings: Settings, engine: Engine, lease: leases.Lease,
+    def __init__(self, settings: Settings, db_engine: Engine, lease: leases.Lease,
                  workdir: Path) -> None:
         self.settings = settings
-        self.engine = engine
+        self.db_engine = db_engine
         self.lease = lease
         self.workdir = workdir
         self.started = time.monotonic()
@@ -135,7 +135,7 @@ def next_stage(stage: str) -> str | None:
     return STAGES[index + 1] if index + 1 < len(STAGES) else None
 
 
-def run_stage(settings: Settings, engine: Engine, task_id: str, stage: str,
+def run_stage(settings: Settings, db_engine: Engine, task_id: str, stage: str,
               fn: StageFn, owner: str | None = None, max_attempts: int | None = None,
               retries: int = 0) -> Result:
     """Run ``fn`` as ``stage`` of ``task_id``.
@@ -147,7 +147,7 @@ def run_stage(settings: Settings, engine: Engine, task_id: str, stage: str,
     resumed = owner is not None
     owner = owner or worker_id()
     try:
-        return _run(settings, engine, task_id, stage, fn, owner, resumed,
+        return _run(settings, db_engine, task_id, stage, fn, owner, resumed,
                     max_attempts if max_attempts is not None else settings.max_attempts)
     except Exception as exc:
         if not faults.is_database_error(exc):
@@ -159,13 +159,13 @@ def run_stage(settings: Settings, engine: Engine, task_id: str, stage: str,
         return Result(Outcome.RETRY, delay_s=delay, error=error, owner=owner)
 
 
-def _run(settings: Settings, engine: Engine, task_id: str, stage: str, fn: StageFn,
+def _run(settings: Settings, db_engine: Engine, task_id: str, stage: str, fn: StageFn,
          owner: str, resumed: bool, cap: int) -> Result:
-    claim = leases.acquire(engine, task_id, stage, owner, settings.lease_ttl_s)
+    claim = leases.acquire(db_engine, task_id, stage, owner, settings.lease_ttl_s)
     if not isinstance(claim, leases.Lease):
-        return _not_claimed(engine, task_id, stage, owner, claim, resumed)
-    ctx = StageContext(settings, engine, claim, settings.work_dir / task_id)
-    journal.record(engine, task_id, stage, "started", worker=owner, attempt=claim.attempt)
+        return _not_claimed(db_engine, task_id, stage, owner, claim, resumed)
+    ctx = StageContext(settings, db_engine, claim, settings.work_dir / task_id)
+    journal.record(db_engine, task_id, stage, "started", worker=owner, attempt=claim.attempt)
     watchdog = Watchdog(lambda: _beat(ctx), settings.heartbeat_interval_s,
                         ctx.budget_deadline)
     ctx._watchdog = watchdog
@@ -205,7 +205,7 @@ def _since(ctx: StageContext) -> float:
 
 def _beat(ctx: StageContext) -> type[Interrupted] | None:
     """One heartbeat: None, or why the stage must stop."""
-    beat = leases.heartbeat(ctx.engine, ctx.lease, ctx.settings.lease_ttl_s, ctx._progress)
+    beat = leases.heartbeat(ctx.db_engine, ctx.lease, ctx.settings.lease_ttl_s, ctx._progress)
     if beat is leases.Beat.CANCELLED:
         return CancelledWhileRunning
     if beat is leases.Beat.LOST:
@@ -230,33 +230,33 @@ def _durably(settings: Settings, write: Callable[[], T]) -> T:
             time.sleep(min(0.25 * 2 ** min(attempt, 5), max(0.0, give_up - time.monotonic())))
 
 
-def _record(engine: Engine, *args: Any, **kwargs: Any) -> None:
+def _record(db_engine: Engine, *args: Any, **kwargs: Any) -> None:
     """An event that must not undo an outcome already committed (best effort)."""
     try:
-        journal.record(engine, *args, **kwargs)
+        journal.record(db_engine, *args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - the outcome is in the tasks row already
         if not faults.is_database_error(exc):
             raise
         log.warning("event %s of %s not recorded: %s", args[2:3], args[0:1], exc)
 
 
-def _not_claimed(engine: Engine, task_id: str, stage: str, owner: str, claim: leases.Claim,
+def _not_claimed(db_engine: Engine, task_id: str, stage: str, owner: str, claim: leases.Claim,
                  resumed: bool) -> Result:
     if claim is leases.Claim.MISSING:
         log.warning("stage %s of unknown task %s", stage, task_id)
         return Result(Outcome.SKIP)
     if resumed and claim is leases.Claim.DONE:
         # A retry after a database error whose write did commit: finish what it began.
-        row = leases.current(engine, task_id) or {}
+        row = leases.current(db_engine, task_id) or {}
         unsettled = row.get("callback_status") is None and stage != "callback"
         if row.get("lease_owner") is None and row.get("stage") == next_stage(stage) and \
                 row.get("status") not in (Status.FAILED.value, Status.CANCELLED.value):
-            _record(engine, task_id, stage, "resumed", worker=owner, detail={"then": "next"})
+            _record(db_engine, task_id, stage, "resumed", worker=owner, detail={"then": "next"})
             return Result(Outcome.CONTINUE)
         if row.get("status") == Status.FAILED.value and row.get("stage") == stage and unsettled:
-            _record(engine, task_id, stage, "resumed", worker=owner, detail={"then": "callback"})
+            _record(db_engine, task_id, stage, "resumed", worker=owner, detail={"then": "callback"})
             return Result(Outcome.FAILED)
-    journal.record(engine, task_id, stage, "skipped", worker=owner,
+    journal.record(db_engine, task_id, stage, "skipped", worker=owner,
                    detail={"reason": claim.value})
     return Result(Outcome.SKIP)
 
@@ -264,12 +264,14 @@ def _not_claimed(engine: Engine, task_id: str, stage: str, owner: str, claim: le
 def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
     lease, duration = ctx.lease, _since(ctx)
     values = dict(fields or {})
-    if not _durably(ctx.settings,
-                    lambda: leases.advance(ctx.engine, lease, next_stage(lease.stage), **values)):
-        _record(ctx.engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
+    def advance() -> bool:
+        return leases.advance(ctx.db_engine, lease, next_stage(lease.stage), **values)
+
+    if not _durably(ctx.settings, advance):
+        _record(ctx.db_engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
                 attempt=lease.attempt, duration_s=duration)
         return Result(Outcome.SKIP)
-    _record(ctx.engine, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
+    _record(ctx.db_engine, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration)
     metrics.observe_stage(lease.stage, "succeeded", duration)
     return Result(Outcome.CONTINUE)
@@ -280,9 +282,9 @@ def _stopped(ctx: StageContext, exc: LeaseLost) -> Result:
     lease = ctx.lease
     cancelled = isinstance(exc, CancelledWhileRunning)
     if cancelled:  # nobody else will: the cancelled task keeps no lease nor work dir
-        _durably(ctx.settings, lambda: leases.release(ctx.engine, lease))
+        _durably(ctx.settings, lambda: leases.release(ctx.db_engine, lease))
         remove_workdir(ctx.settings, lease.task_id)
-    _record(ctx.engine, lease.task_id, lease.stage, "cancelled" if cancelled else "lease_lost",
+    _record(ctx.db_engine, lease.task_id, lease.stage, "cancelled" if cancelled else "lease_lost",
             worker=lease.owner, attempt=lease.attempt, duration_s=_since(ctx))
     metrics.observe_stage(lease.stage, "stopped", _since(ctx))
     return Result(Outcome.SKIP)
@@ -301,17 +303,17 @@ def _failed(ctx: StageContext, exc: PipelineError, duration: float,
     if lease.stage == "callback":
         # The job's outcome stands (a failed callback never fails a finished video):
         # settle the callback as failed and give the lease back.
-        _durably(ctx.settings, lambda: leases.advance(ctx.engine, lease, None,
+        _durably(ctx.settings, lambda: leases.advance(ctx.db_engine, lease, None,
                                                       callback_status="failed"))
     else:
         status = Status.CANCELLED if exc.code == "task.cancelled" else Status.FAILED
         if not _durably(ctx.settings, lambda: journal.finish(
-                ctx.engine, lease.task_id, status, owner=lease.owner, error_code=exc.code,
+                ctx.db_engine, lease.task_id, status, owner=lease.owner, error_code=exc.code,
                 error_message=exc.message)):
             # Final already (cancelled meanwhile): its outcome stands; drop our lease.
-            _durably(ctx.settings, lambda: leases.release(ctx.engine, lease))
+            _durably(ctx.settings, lambda: leases.release(ctx.db_engine, lease))
         remove_workdir(ctx.settings, lease.task_id)  # failed for good: nothing reads it
-    _record(ctx.engine, lease.task_id, lease.stage, "failed", worker=lease.owner,
+    _record(ctx.db_engine, lease.task_id, lease.stage, "failed", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration, detail=_detail(exc, cause))
     metrics.observe_stage(lease.stage, "failed", duration)
     metrics.count_failure(lease.stage, exc.code)
@@ -323,10 +325,10 @@ def _retry(ctx: StageContext, exc: PipelineError, duration: float, cap: int,
     lease = ctx.lease
     if lease.attempt >= cap:
         return _failed(ctx, exc, duration, cause)
-    leases.release(ctx.engine, lease)
+    leases.release(ctx.db_engine, lease)
     # A stage may name its own delay (a receiver's Retry-After); else exponential backoff.
     delay = float(exc.detail.get("delay_s") or backoff_delay(lease.attempt))
-    _record(ctx.engine, lease.task_id, lease.stage, "retrying", worker=lease.owner,
+    _record(ctx.db_engine, lease.task_id, lease.stage, "retrying", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration,
             detail={**_detail(exc, cause), "delay_s": round(delay, 3)})
     metrics.observe_stage(lease.stage, "retrying", duration)

@@ -1,4 +1,4 @@
-"""Database engine and sessions, built from settings at an entry point."""
+"""Database engine (``db_engine``) and sessions, built from settings at an entry point."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from sqlalchemy import Engine, create_engine
 from pipeline.settings import Settings
 
 
-def make_engine(settings: Settings, **kwargs: object) -> Engine:
-    """One pooled engine per process; ``pool_pre_ping`` survives Postgres restarts."""
+def make_db_engine(settings: Settings, **kwargs: object) -> Engine:
+    """One pooled SQLAlchemy engine per process; ``pool_pre_ping`` survives Postgres restarts."""
     options: dict[str, object] = {
         "pool_size": settings.pg_pool_size,
         "pool_pre_ping": True,

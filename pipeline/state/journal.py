@@ -10,24 +10,24 @@ from pipeline.state.models import TaskEvent
 from pipeline.state.status import RANK, Status, rank_case
 
 
-def record(engine: Engine, task_id: str, stage: str | None, event: str, *,
+def record(db_engine: Engine, task_id: str, stage: str | None, event: str, *,
            worker: str | None = None, attempt: int = 0, duration_s: float | None = None,
            detail: dict[str, Any] | None = None) -> None:
     """Append one event (its own short transaction: history survives a later rollback)."""
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         conn.execute(insert(TaskEvent).values(
             task_id=task_id, stage=stage, event=event, worker=worker, attempt=attempt,
             duration_s=duration_s, detail=detail or {}))
 
 
-def finish(engine: Engine, task_id: str, status: Status, *, owner: str | None = None,
+def finish(db_engine: Engine, task_id: str, status: Status, *, owner: str | None = None,
            error_code: str | None = None, error_message: str | None = None) -> bool:
     """Move a task to a final status (forward only) and drop any lease ``owner`` held.
 
     Returns False when the task was already final (a late or duplicate outcome).
     """
     assert status.final
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         result = conn.execute(text(f"""
             UPDATE tasks SET status = :status, finished_at = now(), updated_at = now(),
                 error_code = coalesce(:code, error_code),

@@ -69,9 +69,9 @@ RETURNING *
 """)
 
 
-def acquire(engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int) -> Claim | Lease:
+def acquire(db_engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int) -> Claim | Lease:
     """Claim ``stage`` of ``task_id`` for ``owner``; a :class:`Lease` or why not."""
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         row = conn.execute(_ACQUIRE, {"owner": owner, "stage": stage, "ttl": ttl_s,
                                       "task_id": task_id}).mappings().first()
         if row is not None:
@@ -86,9 +86,9 @@ def acquire(engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int) ->
     return Claim.DONE
 
 
-def heartbeat(engine: Engine, lease: Lease, ttl_s: int, progress: float | None = None) -> Beat:
+def heartbeat(db_engine: Engine, lease: Lease, ttl_s: int, progress: float | None = None) -> Beat:
     """Extend the lease (and write ``progress``); whether it is still ours."""
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         result = conn.execute(text("""
             UPDATE tasks SET heartbeat_at = now(),
                 lease_expires_at = now() + make_interval(secs => :ttl),
@@ -103,7 +103,7 @@ def heartbeat(engine: Engine, lease: Lease, ttl_s: int, progress: float | None =
     return Beat.CANCELLED if status == Status.CANCELLED.value else Beat.LOST
 
 
-def advance(engine: Engine, lease: Lease, next_stage: str | None, **fields: Any) -> bool:
+def advance(db_engine: Engine, lease: Lease, next_stage: str | None, **fields: Any) -> bool:
     """The stage succeeded: release the lease and move to ``next_stage``.
 
     ``fields`` are extra columns to set (``status``, ``result_url`` ...). A status only
@@ -125,16 +125,16 @@ def advance(engine: Engine, lease: Lease, next_stage: str | None, **fields: Any)
     for name, value in fields.items():
         sets.append(f"{name} = :f_{name}")
         params[f"f_{name}"] = value
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         result = conn.execute(text(
             f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = :t AND lease_owner = :owner"
         ), params)
     return result.rowcount == 1
 
 
-def release(engine: Engine, lease: Lease) -> None:
+def release(db_engine: Engine, lease: Lease) -> None:
     """Give the lease back without moving on (before a retry)."""
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         conn.execute(text("""
             UPDATE tasks SET lease_owner = NULL, lease_stage = NULL,
                 lease_expires_at = NULL, updated_at = now()
@@ -142,14 +142,14 @@ def release(engine: Engine, lease: Lease) -> None:
         """), {"t": lease.task_id, "owner": lease.owner})
 
 
-def hand_off(engine: Engine, task_id: str, stage: str, owner: str) -> bool:
+def hand_off(db_engine: Engine, task_id: str, stage: str, owner: str) -> bool:
     """Leave ``stage`` of the task to the reconciler: its message could not be published.
 
     Sets an already expired lease on ``stage`` (kept when ``owner`` still holds one), so
     the next sweep publishes the stage again. False when another live owner holds it (its
     own outcome follows) or the task is gone.
     """
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         result = conn.execute(text("""
             UPDATE tasks SET lease_owner = coalesce(lease_owner, :marker),
                 lease_stage = :stage, lease_expires_at = now(), updated_at = now()
@@ -159,9 +159,9 @@ def hand_off(engine: Engine, task_id: str, stage: str, owner: str) -> bool:
     return result.rowcount == 1
 
 
-def current(engine: Engine, task_id: str) -> dict[str, Any] | None:
+def current(db_engine: Engine, task_id: str) -> dict[str, Any] | None:
     """The task's row as it is now (None: no such task)."""
-    with engine.connect() as conn:
+    with db_engine.connect() as conn:
         row = conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                            {"t": task_id}).mappings().first()
     return dict(row) if row is not None else None

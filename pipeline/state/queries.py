@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pipeline.settings import Settings
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 from pipeline.state.models import Task, TaskEvent
 
 
@@ -16,9 +16,9 @@ def _row(obj: object, columns: list[str]) -> dict[str, Any]:
 
 
 def task_with_events(settings: Settings, task_id: str) -> dict[str, Any] | None:
-    engine = make_engine(settings, pool_size=1)
+    db_engine = make_db_engine(settings, pool_size=1)
     try:
-        with engine.connect() as conn:
+        with db_engine.connect() as conn:
             task = conn.execute(select(Task).where(Task.task_id == task_id)).first()
             if task is None:
                 return None
@@ -32,4 +32,4 @@ def task_with_events(settings: Settings, task_id: str) -> dict[str, Any] | None:
             "events": [_row(e, event_cols) for e in events],
         }
     finally:
-        engine.dispose()
+        db_engine.dispose()

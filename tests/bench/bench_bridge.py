@@ -32,7 +32,7 @@ from sqlalchemy import text  # noqa: E402
 
 from pipeline import chains  # noqa: E402
 from pipeline.settings import Settings, load  # noqa: E402
-from pipeline.state.db import make_engine  # noqa: E402
+from pipeline.state.db import make_db_engine  # noqa: E402
 
 #: A Redis database for the benchmark only (flushed before and after).
 BENCH_REDIS_DB = 14
@@ -64,12 +64,12 @@ def produce(settings: Settings, topic: str, prefix: str, n: int) -> None:
 
 
 def rate(settings: Settings, topic: str) -> tuple[int, float]:
-    engine = make_engine(settings, pool_size=1)
-    with engine.connect() as conn:
+    db_engine = make_db_engine(settings, pool_size=1)
+    with db_engine.connect() as conn:
         n, seconds = conn.execute(text(
             "SELECT count(*), extract(epoch FROM max(queued_at) - min(received_at)) "
             "FROM tasks WHERE kafka_topic = :t AND status = 'queued'"), {"t": topic}).one()
-    engine.dispose()
+    db_engine.dispose()
     return int(n), float(seconds or 0.0)
 
 
@@ -137,10 +137,10 @@ def run_naive(settings: Settings, n: int) -> tuple[int, float]:
 
 
 def cleanup(settings: Settings, topic: str) -> None:
-    engine = make_engine(settings, pool_size=1)
-    with engine.begin() as conn:
+    db_engine = make_db_engine(settings, pool_size=1)
+    with db_engine.begin() as conn:
         conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
-    engine.dispose()
+    db_engine.dispose()
     admin = KafkaAdminClient(**settings.kafka_client_config())
     admin.delete_topics([topic, f"{topic}-dlq"])
     admin.close()

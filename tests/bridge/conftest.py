@@ -44,7 +44,7 @@ def seed_message(task_id: str, **extra: Any) -> dict[str, Any]:
 @dataclass
 class Case:
     settings: Settings
-    engine: Engine
+    db_engine: Engine
     prefix: str
     logs: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -186,17 +186,17 @@ class Case:
         sql = "SELECT count(*) FROM tasks WHERE kafka_topic = :t"
         if status is not None:
             sql += " AND status = :s"
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             return int(conn.execute(text(sql), {"t": self.topic, "s": status}).scalar_one())
 
     def rows(self) -> dict[str, dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             found = conn.execute(text("SELECT * FROM tasks WHERE kafka_topic = :t"),
                                  {"t": self.topic}).mappings().all()
         return {r["task_id"]: dict(r) for r in found}
 
     def events(self, event: str) -> Counter[str]:
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             found = conn.execute(text(
                 "SELECT e.task_id FROM task_events e JOIN tasks t USING (task_id) "
                 "WHERE t.kafka_topic = :t AND e.event = :e"), {"t": self.topic, "e": event})

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 
 from pipeline.celery_config import TASK_NAMES, celery_config
 from pipeline.settings import load
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 
 LOG_KEY = "noop:log"
 settings = load()
@@ -35,12 +35,12 @@ def _services() -> tuple[redis.Redis, Engine]:
         _clients.clear()
         _clients[pid] = (redis.Redis(host=settings.redis_host, port=settings.redis_port,
                                      db=settings.redis_db),
-                         make_engine(settings, pool_size=1))
+                         make_db_engine(settings, pool_size=1))
     return _clients[pid]
 
 
-def _complete(engine: Engine, task_id: str) -> None:
-    with engine.begin() as conn:
+def _complete(db_engine: Engine, task_id: str) -> None:
+    with db_engine.begin() as conn:
         conn.execute(text("SET LOCAL synchronous_commit TO off"))
         conn.execute(text("UPDATE tasks SET status = 'completed', finished_at = now() "
                           "WHERE task_id = :t"), {"t": task_id})
@@ -49,14 +49,14 @@ def _complete(engine: Engine, task_id: str) -> None:
 def _stage_task(stage: str) -> Any:
     @app.task(name=TASK_NAMES[stage], bind=True)
     def run(self: Task, task_id: str) -> str:
-        client, engine = _services()
+        client, db_engine = _services()
         if stage == "preprocess" and os.environ.get("NOOP_MODE") == "complete":
-            _complete(engine, task_id)
+            _complete(db_engine, task_id)
             self.request.chain = None
             return task_id
         client.rpush(LOG_KEY, json.dumps([task_id, stage, self.request.id]))
         if stage == "callback":
-            _complete(engine, task_id)
+            _complete(db_engine, task_id)
         return task_id
 
     return run

@@ -140,7 +140,7 @@ def test_a_batch_in_flight_across_a_rebalance_is_still_committed(make_case) -> N
     case.produce(case.jobs(ids))
     blocked = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                    "AND strpos(query, 'INSERT INTO tasks') > 0")
-    with case.engine.connect() as conn:
+    with case.db_engine.connect() as conn:
         hold = conn.begin()
         conn.execute(text("LOCK TABLE tasks IN EXCLUSIVE MODE"))  # admission waits here
         # The reconciler sweeps every second: it meets the lock too, and gives up quickly
@@ -148,7 +148,7 @@ def test_a_batch_in_flight_across_a_rebalance_is_still_committed(make_case) -> N
         bridge = case.bridge("bridge", "reconcile_interval_s=1")
 
         def waiting() -> bool:  # a new transaction each time: the view is a snapshot
-            with case.engine.connect() as probe:
+            with case.db_engine.connect() as probe:
                 return bool(probe.execute(blocked).scalar_one())
 
         case.wait(waiting, 60, "the bridge's batch to wait on the lock")

@@ -35,18 +35,18 @@ def topic(db_engine: Engine, unique: str) -> Iterator[str]:
         conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": name})
 
 
-def insert(engine: Engine, topic: str, task_id: str, **columns: object) -> None:
+def insert(db_engine: Engine, topic: str, task_id: str, **columns: object) -> None:
     values = {"task_id": task_id, "kafka_topic": topic, "priority": 4, **columns}
     names = ", ".join(values)
     params = ", ".join(f":{k}" if not str(v).startswith("now()") else str(v)
                        for k, v in values.items())
-    with engine.begin() as conn:
+    with db_engine.begin() as conn:
         conn.execute(text(f"INSERT INTO tasks ({names}) VALUES ({params})"),
                      {k: v for k, v in values.items() if not str(v).startswith("now()")})
 
 
-def row(engine: Engine, task_id: str) -> dict[str, object]:
-    with engine.connect() as conn:
+def row(db_engine: Engine, task_id: str) -> dict[str, object]:
+    with db_engine.connect() as conn:
         return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                                  {"t": task_id}).mappings().one())
 

@@ -38,7 +38,7 @@ SECRET = "whsec_" + "ZTJlLXRlc3Qtc2VjcmV0LWZvci1zaWduaW5n"
 class Stack:
     settings: Settings
     env: dict[str, str]
-    engine: Engine
+    db_engine: Engine
     app: Celery
     inputs: Path
     speech: Path
@@ -57,7 +57,7 @@ class Stack:
                    "metadata": {"case": task_id}, **extra}
         if callback:
             payload["callback_url"] = self.receiver.url("/hook")
-        with self.engine.begin() as conn:
+        with self.db_engine.begin() as conn:
             conn.execute(text("""
                 INSERT INTO tasks (task_id, kafka_topic, status, stage, payload, config,
                                    callback_url, engine, queued_at)
@@ -82,12 +82,12 @@ class Stack:
         raise AssertionError(f"{task_id} not final after {timeout}s: {self.row(task_id)}")
 
     def row(self, task_id: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                                      {"t": task_id}).mappings().one())
 
     def events(self, task_id: str) -> list[tuple[str, str]]:
-        with self.engine.connect() as conn:
+        with self.db_engine.connect() as conn:
             return [tuple(r) for r in conn.execute(text(
                 "SELECT stage, event FROM task_events WHERE task_id = :t ORDER BY id"),
                 {"t": task_id})]
@@ -197,7 +197,7 @@ def reconciler(e2e: Stack) -> Iterator[list[Any]]:
     def loop() -> None:
         while not stop.wait(0.5):
             sweeps.append(sweep(
-                e2e.engine, topic=e2e.topic, requeue_after_s=30, max_attempts=4,
+                e2e.db_engine, topic=e2e.topic, requeue_after_s=30, max_attempts=4,
                 dispatch=lambda t, p, s: dispatch_one(e2e.app, t, p, s)))
 
     thread = threading.Thread(target=loop, daemon=True)

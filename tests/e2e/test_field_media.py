@@ -182,7 +182,7 @@ def test_a_bad_field_input_fails_once_with_its_code_and_a_callback(
     assert len(hooks) == 1 and hooks[0].verified
     assert hooks[0].payload["status"] == "failed"
     assert hooks[0].payload["error"]["code"] == job.expect
-    with e2e.engine.connect() as conn:
+    with e2e.db_engine.connect() as conn:
         failed = conn.execute(text(
             "SELECT stage, duration_s FROM task_events WHERE task_id = :t AND event = 'failed'"),
             {"t": job.task_id}).all()

@@ -26,12 +26,12 @@ def test_upload_removes_the_work_dir_and_the_sweep_takes_what_is_left(
 
     # The sweep removes whatever remains of a final job, and nothing of a running one.
     running = stack_e2e.settings.work_dir / f"hk-{unique}-running"
-    with stack_e2e.engine.begin() as conn:
+    with stack_e2e.db_engine.begin() as conn:
         conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
                           "VALUES (:t, 'running', 'gpu', '{}')"), {"t": running.name})
     (running / "render").mkdir(parents=True)
     workdir.mkdir()  # what a crash between upload and its clean-up would leave
-    removed = sweep_workdirs(stack_e2e.settings, stack_e2e.engine, older_than_s=0)
+    removed = sweep_workdirs(stack_e2e.settings, stack_e2e.db_engine, older_than_s=0)
     assert workdir in removed and not workdir.exists()
     assert running not in removed and running.is_dir()
 

@@ -79,9 +79,9 @@ class PrivateStack:
         while not self._stop.wait(0.5):
             try:
                 self.sweeps.append(sweep(
-                    self.stack.engine, topic=self.stack.topic, requeue_after_s=30,
+                    self.stack.db_engine, topic=self.stack.topic, requeue_after_s=30,
                     max_attempts=4, stalled_after_s=None, 
-                    broker=RedisEpoch(client, self.stack.engine, self.stack.topic),
+                    broker=RedisEpoch(client, self.stack.db_engine, self.stack.topic),
                     dispatch=lambda t, p, s: dispatch_one(self.stack.app, t, p, s)))
             except Exception as exc:  # noqa: BLE001 - Redis down: the bridge logs and retries
                 self.sweeps.append(exc)

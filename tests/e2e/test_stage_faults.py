@@ -62,7 +62,7 @@ def _rendering(stack: Stack, task_id: str) -> bool:
 
 
 def _event_at(stack: Stack, task_id: str, stage: str, event: str) -> float | None:
-    with stack.engine.connect() as conn:
+    with stack.db_engine.connect() as conn:
         at = conn.execute(text(
             "SELECT extract(epoch FROM min(at)) FROM task_events WHERE task_id = :t "
             "AND stage = :s AND event = :e"), {"t": task_id, "s": stage, "e": event}).scalar()
@@ -70,7 +70,7 @@ def _event_at(stack: Stack, task_id: str, stage: str, event: str) -> float | Non
 
 
 def _now(stack: Stack) -> float:
-    with stack.engine.connect() as conn:
+    with stack.db_engine.connect() as conn:
         return float(conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
 
 
@@ -86,13 +86,13 @@ def test_a_gpu_worker_that_loses_its_job_stops_within_a_heartbeat_and_serves_the
 
     taken = _now(stack_e2e)
     if how == "lease_taken":
-        with stack_e2e.engine.begin() as conn:
+        with stack_e2e.db_engine.begin() as conn:
             conn.execute(text("UPDATE tasks SET lease_owner = 'elsewhere', "
                               "lease_expires_at = now() + interval '1 hour' "
                               "WHERE task_id = :t"), {"t": long_id})
         event = "lease_lost"
     else:
-        journal.finish(stack_e2e.engine, long_id, Status.CANCELLED,
+        journal.finish(stack_e2e.db_engine, long_id, Status.CANCELLED,
                        error_code="task.cancelled", error_message="cancelled by the test")
         event = "cancelled"
     stopped = _until(lambda: _event_at(stack_e2e, long_id, "gpu", event), 30,
@@ -115,7 +115,7 @@ def test_a_gpu_worker_that_loses_its_job_stops_within_a_heartbeat_and_serves_the
         assert (row["status"], row["lease_owner"]) == ("cancelled", None)
         assert not (stack_e2e.settings.work_dir / long_id).exists()
     else:  # leave nothing running for the other tests
-        journal.finish(stack_e2e.engine, long_id, Status.CANCELLED, error_code="task.cancelled")
+        journal.finish(stack_e2e.db_engine, long_id, Status.CANCELLED, error_code="task.cancelled")
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_unexpected_exceptions_and_a_spent_budget_end_at_once_with_their_codes(
         events = stack_e2e.events(task_id)
         assert events.count(("gpu", "started")) == 1 and ("gpu", "failed") in events
         assert not any(e in ("retrying", "requeued") for _, e in events)
-        with stack_e2e.engine.connect() as conn:
+        with stack_e2e.db_engine.connect() as conn:
             detail = conn.execute(text("SELECT detail FROM task_events WHERE task_id = :t "
                                        "AND event = 'failed'"), {"t": task_id}).scalar()
         assert "Traceback" in detail["traceback"] and "inference.py" in detail["traceback"]
@@ -191,7 +191,7 @@ def test_unexpected_exceptions_and_a_spent_budget_end_at_once_with_their_codes(
     assert (row["status"], row["error_code"]) == ("failed", "stage.timeout"), row
     events = stack_e2e.events(long_id)
     assert events.count(("gpu", "started")) == 1
-    with stack_e2e.engine.connect() as conn:
+    with stack_e2e.db_engine.connect() as conn:
         took = conn.execute(text("SELECT duration_s FROM task_events WHERE task_id = :t "
                                  "AND stage = 'gpu' AND event = 'failed'"),
                             {"t": long_id}).scalar()

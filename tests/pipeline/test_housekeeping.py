@@ -39,8 +39,8 @@ def _workdir(root: Path, task_id: str, age_s: float = 2 * HOUR) -> Path:
     return path
 
 
-def _task(engine: Engine, task_id: str, status: str, *, leased: bool = False) -> str:
-    with engine.begin() as conn:
+def _task(db_engine: Engine, task_id: str, status: str, *, leased: bool = False) -> str:
+    with db_engine.begin() as conn:
         conn.execute(text("""
             INSERT INTO tasks (task_id, status, stage, payload, lease_owner, lease_stage,
                                lease_expires_at)
@@ -165,8 +165,8 @@ def test_the_cli_verb_sweeps_and_reports(house: Settings, db_engine: Engine, uni
 
 
 # --- the upload stage cleans up after itself ------------------------------------------------
-def _at_upload(engine: Engine, task_id: str) -> str:
-    with engine.begin() as conn:
+def _at_upload(db_engine: Engine, task_id: str) -> str:
+    with db_engine.begin() as conn:
         conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
                           "VALUES (:t, 'running', 'upload', '{}')"), {"t": task_id})
     return task_id

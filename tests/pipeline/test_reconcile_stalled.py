@@ -44,31 +44,31 @@ def topic(db_engine: Engine, unique: str) -> Iterator[str]:
         conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": name})
 
 
-def sweep(engine: Engine, topic: str, sent: list, **kw: object) -> reconcile.Sweep:
+def sweep(db_engine: Engine, topic: str, sent: list, **kw: object) -> reconcile.Sweep:
     options: dict[str, object] = {"requeue_after_s": 60, "max_attempts": 3,
                                   "stalled_after_s": 600, "callback_max_age_s": 86400}
     options.update(kw)
-    return reconcile.sweep(engine, topic=topic, dispatch=lambda *a: sent.append(a),
+    return reconcile.sweep(db_engine, topic=topic, dispatch=lambda *a: sent.append(a),
                            **options)  # type: ignore[arg-type]
 
 
-def seed_jobs(engine: Engine, topic: str) -> None:
+def seed_jobs(db_engine: Engine, topic: str) -> None:
     """One job in each place a lost message can leave it, and some that must be left alone."""
     t = topic
-    insert(engine, t, f"{t}-queued", status="queued", stage="preprocess", updated_at=OLD)
-    insert(engine, t, f"{t}-between", status="running", stage="encode", updated_at=OLD)
-    insert(engine, t, f"{t}-hook", status="completed", stage="callback", updated_at=OLD,
+    insert(db_engine, t, f"{t}-queued", status="queued", stage="preprocess", updated_at=OLD)
+    insert(db_engine, t, f"{t}-between", status="running", stage="encode", updated_at=OLD)
+    insert(db_engine, t, f"{t}-hook", status="completed", stage="callback", updated_at=OLD,
            finished_at=OLD, callback_url="http://127.0.0.1:9/hook")
-    insert(engine, t, f"{t}-hook-retrying", status="failed", stage="preprocess",
+    insert(db_engine, t, f"{t}-hook-retrying", status="failed", stage="preprocess",
            updated_at=OLD, finished_at=OLD, callback_status="retrying",
            callback_url="http://127.0.0.1:9/hook")
     # Left alone: recent, leased, settled, rejected, not yet dispatched.
-    insert(engine, t, f"{t}-fresh", status="queued", stage="preprocess")
-    insert(engine, t, f"{t}-leased", status="running", stage="gpu", updated_at=OLD,
+    insert(db_engine, t, f"{t}-fresh", status="queued", stage="preprocess")
+    insert(db_engine, t, f"{t}-leased", status="running", stage="gpu", updated_at=OLD,
            lease_owner="w1", lease_stage="gpu", lease_expires_at="now() + interval '1 minute'")
-    insert(engine, t, f"{t}-delivered", status="completed", stage="callback", updated_at=OLD,
+    insert(db_engine, t, f"{t}-delivered", status="completed", stage="callback", updated_at=OLD,
            finished_at=OLD, callback_status="delivered")
-    insert(engine, t, f"{t}-rejected", status="rejected", updated_at=OLD, finished_at=OLD)
+    insert(db_engine, t, f"{t}-rejected", status="rejected", updated_at=OLD, finished_at=OLD)
 
 
 def test_jobs_whose_message_vanished_are_sent_again_from_their_stage(

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from pipeline.settings import Settings
 from pipeline.stages.runner import Outcome, StageContext, run_stage
 from pipeline.state import leases
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 from tests.pipeline.storage.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,14 +34,14 @@ def fast(stack: Settings, tmp_path) -> Settings:
                                     "db_retry_s": 1.0})
 
 
-def _row(engine: Engine, task_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
+def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
+    with db_engine.connect() as conn:
         return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                                  {"t": task_id}).mappings().one())
 
 
-def _events(engine: Engine, task_id: str) -> list[str]:
-    with engine.connect() as conn:
+def _events(db_engine: Engine, task_id: str) -> list[str]:
+    with db_engine.connect() as conn:
         return [r[0] for r in conn.execute(text(
             "SELECT event FROM task_events WHERE task_id = :t ORDER BY id"), {"t": task_id})]
 
@@ -51,7 +51,7 @@ def _ok(ctx: StageContext) -> dict[str, Any]:
 
 
 def test_postgres_unreachable_at_acquire_is_a_retry(fast: Settings, task_id: str) -> None:
-    down = make_engine(fast.model_copy(update={"pg_port": free_port()}))
+    down = make_db_engine(fast.model_copy(update={"pg_port": free_port()}))
     try:
         for retries in (0, 3, 20):
             result = run_stage(fast, down, task_id, "preprocess", _ok, retries=retries)

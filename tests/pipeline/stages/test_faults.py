@@ -34,14 +34,14 @@ def fast(stack: Settings, tmp_path) -> Settings:
                                     "work_dir": tmp_path, "max_attempts": 2})
 
 
-def _row(engine: Engine, task_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
+def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
+    with db_engine.connect() as conn:
         return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                                  {"t": task_id}).mappings().one())
 
 
-def _events(engine: Engine, task_id: str) -> list[tuple[str, dict[str, Any]]]:
-    with engine.connect() as conn:
+def _events(db_engine: Engine, task_id: str) -> list[tuple[str, dict[str, Any]]]:
+    with db_engine.connect() as conn:
         return [(r.event, r.detail) for r in conn.execute(text(
             "SELECT event, detail FROM task_events WHERE task_id = :t ORDER BY id"),
             {"t": task_id})]

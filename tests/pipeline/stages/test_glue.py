@@ -53,7 +53,7 @@ def dead_broker(fast: Settings, db_engine: Engine,
     app.config_from_object(celery_config(settings))
     monkeypatch.setattr(glue, "PUBLISH_RETRY", {"max_retries": 1, "interval_start": 0,
                                                 "interval_step": 0.1, "interval_max": 0.1})
-    monkeypatch.setattr(glue, "process_engine", lambda _: db_engine)
+    monkeypatch.setattr(glue, "process_db_engine", lambda _: db_engine)
     yield app
 
 
@@ -72,15 +72,15 @@ def _task(app: Celery, task_id: str, stage: str) -> Task:
     return task
 
 
-def _sweep(engine: Engine, topic: str) -> list[tuple[str, str]]:
+def _sweep(db_engine: Engine, topic: str) -> list[tuple[str, str]]:
     sent: list[tuple[str, str]] = []
-    sweep(engine, topic=topic, requeue_after_s=60, max_attempts=3,
+    sweep(db_engine, topic=topic, requeue_after_s=60, max_attempts=3,
           dispatch=lambda t, p, s: sent.append((t, s)))
     return sent
 
 
-def _row(engine: Engine, task_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
+def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
+    with db_engine.connect() as conn:
         return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                                  {"t": task_id}).mappings().one())
 

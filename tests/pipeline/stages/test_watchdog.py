@@ -36,14 +36,14 @@ def fast(stack: Settings, tmp_path) -> Settings:
                                     "work_dir": tmp_path, "max_attempts": 2})
 
 
-def _row(engine: Engine, task_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
+def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
+    with db_engine.connect() as conn:
         return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
                                  {"t": task_id}).mappings().one())
 
 
-def _events(engine: Engine, task_id: str) -> list[str]:
-    with engine.connect() as conn:
+def _events(db_engine: Engine, task_id: str) -> list[str]:
+    with db_engine.connect() as conn:
         return [r[0] for r in conn.execute(text(
             "SELECT event FROM task_events WHERE task_id = :t ORDER BY id"), {"t": task_id})]
 
@@ -66,12 +66,12 @@ def _stubborn(seconds: float) -> None:
             pass
 
 
-def _steal_later(engine: Engine, task_id: str, started: threading.Event,
+def _steal_later(db_engine: Engine, task_id: str, started: threading.Event,
                  when: list[float]) -> threading.Thread:
     def steal() -> None:
         started.wait(10)
         time.sleep(0.3)
-        with engine.begin() as conn:
+        with db_engine.begin() as conn:
             conn.execute(text("UPDATE tasks SET lease_owner = 'thief' WHERE task_id = :t"),
                          {"t": task_id})
         when.append(time.monotonic())

@@ -11,7 +11,7 @@ from sqlalchemy import inspect, text
 
 from pipeline.settings import Settings
 from pipeline.state import migrate
-from pipeline.state.db import make_engine
+from pipeline.state.db import make_db_engine
 from pipeline.state.models import Base
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def scratch_db(stack: Settings, unique: str) -> Iterator[Settings]:
     """A throwaway database, so migrating down never touches the suite's own."""
     name = f"sonic_migr_{unique}"
-    admin = make_engine(stack, isolation_level="AUTOCOMMIT", pool_size=1)
+    admin = make_db_engine(stack, isolation_level="AUTOCOMMIT", pool_size=1)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
@@ -33,11 +33,11 @@ def scratch_db(stack: Settings, unique: str) -> Iterator[Settings]:
 
 
 def _tables(settings: Settings) -> set[str]:
-    engine = make_engine(settings, pool_size=1)
+    db_engine = make_db_engine(settings, pool_size=1)
     try:
-        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+        return set(inspect(db_engine).get_table_names()) - {"alembic_version"}
     finally:
-        engine.dispose()
+        db_engine.dispose()
 
 
 def test_upgrade_downgrade_upgrade(scratch_db: Settings) -> None:
@@ -51,12 +51,12 @@ def test_upgrade_downgrade_upgrade(scratch_db: Settings) -> None:
 
 def test_models_match_migrations(scratch_db: Settings) -> None:
     migrate.upgrade(scratch_db)
-    engine = make_engine(scratch_db, pool_size=1)
+    db_engine = make_db_engine(scratch_db, pool_size=1)
     try:
-        with engine.connect() as conn:
+        with db_engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     finally:
-        engine.dispose()
+        db_engine.dispose()
     assert diff == []
 
 
