@@ -12,16 +12,16 @@ import threading
 from collections.abc import Callable
 
 from bridge.decode import Decoded
-from bridge.process import Outcome
+from bridge.process import BatchOutcome
 
 _STOP = object()
 
 
 class BatchThread:
-    def __init__(self, process: Callable[[Decoded], Outcome], depth: int = 1) -> None:
+    def __init__(self, process: Callable[[Decoded], BatchOutcome], depth: int = 1) -> None:
         self._process = process
         self._todo: queue.Queue[object] = queue.Queue(maxsize=depth)
-        self._done: queue.Queue[Outcome | BaseException] = queue.Queue()
+        self._done: queue.Queue[BatchOutcome | BaseException] = queue.Queue()
         self._busy = 0
         self._thread = threading.Thread(target=self._run, name="bridge-batches", daemon=True)
         self._thread.start()
@@ -35,12 +35,12 @@ class BatchThread:
         self._busy += 1
         self._todo.put(batch)
 
-    def outcomes(self, wait: bool = False) -> list[Outcome]:
+    def outcomes(self, wait: bool = False) -> list[BatchOutcome]:
         """Finished outcomes in order; with ``wait``, until every submitted batch is done.
 
         An unexpected exception on the batch thread is raised here.
         """
-        out: list[Outcome] = []
+        out: list[BatchOutcome] = []
         while self._busy:
             try:
                 item = self._done.get(block=wait)

@@ -35,7 +35,7 @@ from bridge.consumer import Rebalance
 from bridge.decode import Decoded
 from bridge.errors import TRANSIENT
 from bridge.guard import InvalidRatio
-from bridge.process import Outcome
+from bridge.process import BatchOutcome
 from bridge.signals import Shutdown
 from bridge.undecodable import Salvage
 
@@ -159,7 +159,7 @@ class Loop:
         self.consumer.unsubscribe()
         self.consumer.subscribe([self.topic], listener=self.rebalance)
 
-    def collect(self, outcomes: list[Outcome]) -> None:
+    def collect(self, outcomes: list[BatchOutcome]) -> None:
         for out in outcomes:
             self.submitted -= len(out.batch.rows)
             self.inflight.add(out.dispatched)

@@ -2,7 +2,7 @@
 
     admit (Postgres, one transaction) -> DLQ (acknowledged) -> dispatch (Redis, then queued)
 
-The :class:`Outcome` tells the loop which records are durable. Postgres down: nothing of
+The :class:`BatchOutcome` tells the loop which records are durable. Postgres down: nothing of
 the batch is (the loop reads it again). A DLQ produce failure: that record and the rest
 of its partition are not. Redis down: the admitted jobs are durable (``received``) and
 kept here to dispatch again before anything new.
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Outcome:
+class BatchOutcome:
     batch: Decoded
     admitted: bool = True  #: False: Postgres failed; nothing of the batch is durable
     failed: dict[tuple[str, int], int] = field(default_factory=dict)  #: first DLQ failure
@@ -39,21 +39,21 @@ class Process:
         self.topic = topic
         self.undispatched: list[tuple[str, int]] = []
 
-    def __call__(self, batch: Decoded) -> Outcome:
-        out = Outcome(batch)
+    def __call__(self, batch: Decoded) -> BatchOutcome:
+        out = BatchOutcome(batch)
         if batch.records:
             try:
                 admitted = self.admit(batch)
             except TRANSIENT as exc:
                 log.error("admit: Postgres failed (%s); the batch will be read again", exc)
-                return Outcome(batch, admitted=False, error=str(exc))
+                return BatchOutcome(batch, admitted=False, error=str(exc))
             metrics.DUPLICATES.labels(self.topic).inc(admitted.duplicates)
             self._dead_letters(admitted.rejections, out)
             self.undispatched.extend(admitted.new)
         out.dispatched = self._dispatch()
         return out
 
-    def _dead_letters(self, rejections: list, out: Outcome) -> None:  # type: ignore[type-arg]
+    def _dead_letters(self, rejections: list, out: BatchOutcome) -> None:  # type: ignore[type-arg]
         if not rejections:
             return
         for rejection, ok in zip(rejections, self.dead_letters.send(rejections)):

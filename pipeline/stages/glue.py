@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from pipeline.celery_config import TASK_NAMES
 from pipeline.settings import Settings
-from pipeline.stages.runner import Outcome, StageFn, next_stage, run_stage, worker_id
+from pipeline.stages.runner import StageFn, StageOutcome, next_stage, run_stage, worker_id
 from pipeline.state import leases
 from pipeline.state.db import make_db_engine
 
@@ -89,7 +89,7 @@ def execute(task: Task, settings: Settings, stage: str, task_id: str, fn: StageF
     db_engine = process_db_engine(settings)
     result = run_stage(settings, db_engine, task_id, stage, fn, owner=owner,
                        max_attempts=max_attempts, retries=task.request.retries or 0)
-    if result.outcome is Outcome.CONTINUE:
+    if result.outcome is StageOutcome.CONTINUE:
         following = next_stage(stage)
         try:
             publish_next(task)
@@ -98,7 +98,7 @@ def execute(task: Task, settings: Settings, stage: str, task_id: str, fn: StageF
                 _owed(db_engine, task_id, following, owner or worker_id(), exc)
             task.request.chain = None
         return task_id
-    if result.outcome is Outcome.RETRY:
+    if result.outcome is StageOutcome.RETRY:
         kwargs = {"owner": result.owner} if result.owner else {}
         try:
             raise task.retry(args=[task_id], kwargs=kwargs, countdown=result.delay_s,
@@ -108,7 +108,7 @@ def execute(task: Task, settings: Settings, stage: str, task_id: str, fn: StageF
         except Reject as exc:  # the retry could not be published
             _owed(db_engine, task_id, stage, result.owner or owner or worker_id(), exc)
             raise Ignore() from None
-    if result.outcome is Outcome.FAILED and stage != "callback":
+    if result.outcome is StageOutcome.FAILED and stage != "callback":
         try:
             send_callback(task, task_id)
         except Exception as exc:  # noqa: BLE001

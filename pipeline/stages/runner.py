@@ -46,7 +46,7 @@ from pipeline.state import journal, leases
 from pipeline.state.status import Status
 from pipeline.webhooks.retry import backoff_delay
 
-__all__ = ["LeaseLost", "Outcome", "Result", "StageContext", "StageFn", "run_stage"]
+__all__ = ["LeaseLost", "Result", "StageContext", "StageFn", "StageOutcome", "run_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ DB_RETRY_CAP_S = 30.0
 T = TypeVar("T")
 
 
-class Outcome(enum.Enum):
+class StageOutcome(enum.Enum):
     CONTINUE = "continue"
     SKIP = "skip"
     FAILED = "failed"
@@ -65,7 +65,7 @@ class Outcome(enum.Enum):
 
 @dataclass
 class Result:
-    outcome: Outcome
+    outcome: StageOutcome
     delay_s: float = 0.0
     error: PipelineError | None = None
     #: The lease token a RETRY must carry (a database error: the lease may still be ours).
@@ -156,7 +156,7 @@ def run_stage(settings: Settings, db_engine: Engine, task_id: str, stage: str,
         delay = backoff_delay(retries + 1, base=1.0, cap=DB_RETRY_CAP_S)
         log.warning("stage %s of %s: %s; retried in %.1f s", stage, task_id, error, delay)
         metrics.count_failure(stage, error.code)
-        return Result(Outcome.RETRY, delay_s=delay, error=error, owner=owner)
+        return Result(StageOutcome.RETRY, delay_s=delay, error=error, owner=owner)
 
 
 def _run(settings: Settings, db_engine: Engine, task_id: str, stage: str, fn: StageFn,
@@ -244,7 +244,7 @@ def _not_claimed(db_engine: Engine, task_id: str, stage: str, owner: str, claim:
                  resumed: bool) -> Result:
     if claim is leases.Claim.MISSING:
         log.warning("stage %s of unknown task %s", stage, task_id)
-        return Result(Outcome.SKIP)
+        return Result(StageOutcome.SKIP)
     if resumed and claim is leases.Claim.DONE:
         # A retry after a database error whose write did commit: finish what it began.
         row = leases.current(db_engine, task_id) or {}
@@ -252,13 +252,13 @@ def _not_claimed(db_engine: Engine, task_id: str, stage: str, owner: str, claim:
         if row.get("lease_owner") is None and row.get("stage") == next_stage(stage) and \
                 row.get("status") not in (Status.FAILED.value, Status.CANCELLED.value):
             _record(db_engine, task_id, stage, "resumed", worker=owner, detail={"then": "next"})
-            return Result(Outcome.CONTINUE)
+            return Result(StageOutcome.CONTINUE)
         if row.get("status") == Status.FAILED.value and row.get("stage") == stage and unsettled:
             _record(db_engine, task_id, stage, "resumed", worker=owner, detail={"then": "callback"})
-            return Result(Outcome.FAILED)
+            return Result(StageOutcome.FAILED)
     journal.record(db_engine, task_id, stage, "skipped", worker=owner,
                    detail={"reason": claim.value})
-    return Result(Outcome.SKIP)
+    return Result(StageOutcome.SKIP)
 
 
 def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
@@ -270,11 +270,11 @@ def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
     if not _durably(ctx.settings, advance):
         _record(ctx.db_engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
                 attempt=lease.attempt, duration_s=duration)
-        return Result(Outcome.SKIP)
+        return Result(StageOutcome.SKIP)
     _record(ctx.db_engine, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration)
     metrics.observe_stage(lease.stage, "succeeded", duration)
-    return Result(Outcome.CONTINUE)
+    return Result(StageOutcome.CONTINUE)
 
 
 def _stopped(ctx: StageContext, exc: LeaseLost) -> Result:
@@ -287,7 +287,7 @@ def _stopped(ctx: StageContext, exc: LeaseLost) -> Result:
     _record(ctx.db_engine, lease.task_id, lease.stage, "cancelled" if cancelled else "lease_lost",
             worker=lease.owner, attempt=lease.attempt, duration_s=_since(ctx))
     metrics.observe_stage(lease.stage, "stopped", _since(ctx))
-    return Result(Outcome.SKIP)
+    return Result(StageOutcome.SKIP)
 
 
 def _detail(exc: PipelineError, cause: BaseException | None) -> dict[str, Any]:
@@ -317,7 +317,7 @@ def _failed(ctx: StageContext, exc: PipelineError, duration: float,
             attempt=lease.attempt, duration_s=duration, detail=_detail(exc, cause))
     metrics.observe_stage(lease.stage, "failed", duration)
     metrics.count_failure(lease.stage, exc.code)
-    return Result(Outcome.FAILED, error=exc)
+    return Result(StageOutcome.FAILED, error=exc)
 
 
 def _retry(ctx: StageContext, exc: PipelineError, duration: float, cap: int,
@@ -332,4 +332,4 @@ def _retry(ctx: StageContext, exc: PipelineError, duration: float, cap: int,
             attempt=lease.attempt, duration_s=duration,
             detail={**_detail(exc, cause), "delay_s": round(delay, 3)})
     metrics.observe_stage(lease.stage, "retrying", duration)
-    return Result(Outcome.RETRY, delay_s=delay, error=exc)
+    return Result(StageOutcome.RETRY, delay_s=delay, error=exc)

@@ -71,14 +71,14 @@ class RejectRow:
 
 
 @dataclass(frozen=True)
-class Admitted:
+class AdmittedRows:
     new: list[str]  #: task ids inserted by this batch, in batch order
     duplicates: list[str]  #: task ids that were already there (or twice in the batch)
     rejected: list[str]  #: reject rows inserted (a reject whose id exists adds nothing)
 
 
 def admit(cur: Any, rows: Sequence[tuple[Any, ...]],
-          rejects: Sequence[RejectRow] = ()) -> Admitted:
+          rejects: Sequence[RejectRow] = ()) -> AdmittedRows:
     """Insert jobs and rejects with their events; the caller commits."""
     unique: dict[str, tuple[Any, ...]] = {}
     for row in rows:
@@ -101,7 +101,7 @@ def admit(cur: Any, rows: Sequence[tuple[Any, ...]],
         cur.execute(_INSERT_EVENTS, (duplicates + rejected,
                                      ["duplicate"] * len(duplicates) + ["rejected"] * len(rejected),
                                      ["{}"] * len(duplicates) + details))
-    return Admitted(admitted, duplicates, rejected)
+    return AdmittedRows(admitted, duplicates, rejected)
 
 
 def mark_queued(cur: Any, task_ids: Sequence[str]) -> int:

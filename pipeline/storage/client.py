@@ -19,8 +19,8 @@ from pipeline.errors import PermanentError, PipelineError, StorageError
 from pipeline.settings import Settings
 
 #: Codes S3 servers use for transient trouble, whatever the status.
-TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
-             "RequestTimeTooSkewed", "BadDigest", "XAmzContentSHA256Mismatch"}
+TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
+                   "RequestTimeTooSkewed", "BadDigest", "XAmzContentSHA256Mismatch"}
 
 
 def make_client(settings: Settings, *, timeout: float = 60.0) -> Any:
@@ -56,7 +56,7 @@ def storage_error(exc: Exception, action: str, bucket: str, key: str = "") -> Pi
                               code="storage.misconfigured")
     if isinstance(exc, ClientError):
         code, status = error_code(exc), error_status(exc)
-        if status >= 500 or status in (408, 429) or code in TRANSIENT:
+        if status >= 500 or status in (408, 429) or code in TRANSIENT_CODES:
             return StorageError(f"{action} {where}: object store answered {status} {code}")
         hint = {"NoSuchBucket": "the bucket does not exist (SONIC_S3_BUCKET)",
                 "AccessDenied": "access denied (check the credentials' permissions)",

@@ -175,7 +175,7 @@ def _at_upload(db_engine: Engine, task_id: str) -> str:
 def test_upload_stores_the_video_then_removes_the_work_dir(
         house: Settings, db_engine: Engine, unique: str) -> None:
     from pipeline.stages import upload
-    from pipeline.stages.runner import Outcome, run_stage
+    from pipeline.stages.runner import StageOutcome, run_stage
     from pipeline.storage import get_store
 
     settings = house.model_copy(update={"storage_backend": "local"})
@@ -183,7 +183,7 @@ def test_upload_stores_the_video_then_removes_the_work_dir(
     job = _workdir(settings.work_dir, task_id, age_s=0)
     (job / "poster.jpg").write_bytes(b"jpg")
     assert run_stage(settings, db_engine, task_id, "upload", upload.run).outcome \
-        is Outcome.CONTINUE
+        is StageOutcome.CONTINUE
     store = get_store(settings)
     assert store.exists(upload.video_key(task_id)) and store.exists(upload.poster_key(task_id))
     assert not job.exists()
@@ -199,7 +199,7 @@ def test_an_upload_rerun_after_the_clean_up_records_what_is_stored(
     not record it, when the stage runs again, then the job completes (it does not fail on
     the missing files)."""
     from pipeline.stages import upload
-    from pipeline.stages.runner import Outcome, run_stage
+    from pipeline.stages.runner import StageOutcome, run_stage
     from pipeline.storage import get_store
 
     settings = house.model_copy(update={"storage_backend": "local"})
@@ -212,7 +212,7 @@ def test_an_upload_rerun_after_the_clean_up_records_what_is_stored(
     remove_workdir(settings, task_id)
 
     assert run_stage(settings, db_engine, task_id, "upload", upload.run).outcome \
-        is Outcome.CONTINUE
+        is StageOutcome.CONTINUE
     with db_engine.connect() as conn:
         status, url = conn.execute(text("SELECT status, result_url FROM tasks "
                                         "WHERE task_id = :t"), {"t": task_id}).one()

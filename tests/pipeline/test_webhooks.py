@@ -250,7 +250,7 @@ def test_the_callback_stage_gives_up_by_age_and_leaves_the_task_completed(
     runs until it gives up, then every attempt ends at the deadline, the callback is
     ``failed`` and the job stays ``completed``."""
     from pipeline.stages import callback
-    from pipeline.stages.runner import Outcome, run_stage
+    from pipeline.stages.runner import StageOutcome, run_stage
 
     settings = load(webhook_secret=SECRET, webhook_timeout_s=0.5, webhook_max_age_s=2,
                     allow_private_networks=True, work_dir=tmp_path, heartbeat_interval_s=1)
@@ -267,7 +267,7 @@ def test_the_callback_stage_gives_up_by_age_and_leaves_the_task_completed(
             result = run_stage(settings, db_engine, task_id, "callback", callback.run,
                                max_attempts=1_000_000)
             outcomes.append(result.outcome)
-            if result.outcome is not Outcome.RETRY:
+            if result.outcome is not StageOutcome.RETRY:
                 break
     with db_engine.connect() as conn:
         row = conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
@@ -275,7 +275,7 @@ def test_the_callback_stage_gives_up_by_age_and_leaves_the_task_completed(
         deliveries = [r[0] for r in conn.execute(text(
             "SELECT detail FROM task_events WHERE task_id = :t AND event = 'delivery' "
             "ORDER BY id"), {"t": task_id})]
-    assert outcomes[-1] is Outcome.CONTINUE and set(outcomes[:-1]) == {Outcome.RETRY}
+    assert outcomes[-1] is StageOutcome.CONTINUE and set(outcomes[:-1]) == {StageOutcome.RETRY}
     assert (row["status"], row["callback_status"]) == ("completed", "failed")
     assert row["callback_attempts"] == len(deliveries) >= 3
     assert all(d["code"] == "callback.retry" and d["timeout"] is True for d in deliveries)

@@ -247,7 +247,7 @@ def test_the_watchdog_stops_sonic_inside_its_one_blocking_call(
 
     from sqlalchemy import text
 
-    from pipeline.stages.runner import Outcome, run_stage
+    from pipeline.stages.runner import StageOutcome, run_stage
 
     task_id = f"sonic-stop-{unique}"
     with db_engine.begin() as conn:
@@ -270,9 +270,9 @@ def test_the_watchdog_stops_sonic_inside_its_one_blocking_call(
     result = run_stage(fast, db_engine, task_id, "gpu", stage)
     assert time.monotonic() - begun < 2.5
     if stop == "budget":
-        assert result.outcome is Outcome.FAILED and result.error.code == "stage.timeout"
+        assert result.outcome is StageOutcome.FAILED and result.error.code == "stage.timeout"
     else:
-        assert result.outcome is Outcome.SKIP
+        assert result.outcome is StageOutcome.SKIP
     assert _fake().ACTIVE[0] == 0 and vars(_fake().Sonic.config)["seed"] == 42
     setattr(_fake(), "BEHAVIOUR", "ok")
     assert _render(engine, job).video_path.is_file()  # the lock was released

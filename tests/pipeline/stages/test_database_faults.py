@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from pipeline.settings import Settings
-from pipeline.stages.runner import Outcome, StageContext, run_stage
+from pipeline.stages.runner import StageContext, StageOutcome, run_stage
 from pipeline.state import leases
 from pipeline.state.db import make_db_engine
 from tests.pipeline.storage.conftest import free_port
@@ -55,7 +55,7 @@ def test_postgres_unreachable_at_acquire_is_a_retry(fast: Settings, task_id: str
     try:
         for retries in (0, 3, 20):
             result = run_stage(fast, down, task_id, "preprocess", _ok, retries=retries)
-            assert result.outcome is Outcome.RETRY
+            assert result.outcome is StageOutcome.RETRY
             assert result.error.code == "database.unavailable" and result.error.retryable
             assert result.owner and 0 <= result.delay_s <= 30.0
     finally:
@@ -83,14 +83,14 @@ def test_a_database_error_inside_the_stage_keeps_the_lease_for_the_retry(
         return {}
 
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert first.outcome is Outcome.RETRY and first.error.code == "database.unavailable"
+    assert first.outcome is StageOutcome.RETRY and first.error.code == "database.unavailable"
     row = _row(db_engine, task_id)
     assert row["lease_owner"] == first.owner and row["status"] == "running"
     # Another copy of the message (a redelivery) still finds the lease held.
-    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is Outcome.SKIP
+    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is StageOutcome.SKIP
     # The retry carries the token: it takes its lease back, without a new attempt.
     second = run_stage(fast, db_engine, task_id, "preprocess", stage, owner=first.owner)
-    assert second.outcome is Outcome.CONTINUE
+    assert second.outcome is StageOutcome.CONTINUE
     row = _row(db_engine, task_id)
     assert (row["stage"], row["lease_owner"]) == ("gpu", None)
     assert runs == [first.owner, first.owner]
@@ -109,7 +109,7 @@ def test_a_failed_advance_is_retried_in_place(fast: Settings, db_engine: Engine,
 
     monkeypatch.setattr(leases, "advance", flaky)
     result = run_stage(fast, db_engine, task_id, "preprocess", _ok)
-    assert result.outcome is Outcome.CONTINUE and len(calls) == 3
+    assert result.outcome is StageOutcome.CONTINUE and len(calls) == 3
     assert _row(db_engine, task_id)["stage"] == "gpu"
 
 
@@ -127,13 +127,13 @@ def test_an_advance_that_committed_but_raised_continues_the_chain(
 
     monkeypatch.setattr(leases, "advance", committed_then_raised)
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert first.outcome is Outcome.RETRY and first.owner
+    assert first.outcome is StageOutcome.RETRY and first.owner
     monkeypatch.setattr(leases, "advance", real)
     # The retry finds its stage done by its own token: it continues the chain, no re-run.
     again = run_stage(fast, db_engine, task_id, "preprocess", stage, owner=first.owner)
-    assert again.outcome is Outcome.CONTINUE and runs == [1]
+    assert again.outcome is StageOutcome.CONTINUE and runs == [1]
     # A plain duplicate (no token) still stops.
-    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is Outcome.SKIP
+    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is StageOutcome.SKIP
     assert _events(db_engine, task_id)[-2:] == ["resumed", "skipped"]
 
 
@@ -153,10 +153,10 @@ def test_a_failure_whose_finish_committed_but_raised_still_sends_the_callback(
 
     monkeypatch.setattr(journal, "finish", committed_then_raised)
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert first.outcome is Outcome.RETRY
+    assert first.outcome is StageOutcome.RETRY
     monkeypatch.setattr(journal, "finish", real)
     again = run_stage(fast, db_engine, task_id, "preprocess", stage, owner=first.owner)
-    assert again.outcome is Outcome.FAILED  # the glue sends the callback
+    assert again.outcome is StageOutcome.FAILED  # the glue sends the callback
     assert _row(db_engine, task_id)["error_code"] == "audio.silent"
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from pipeline import faults
 from pipeline.errors import CODES
 from pipeline.settings import Settings
-from pipeline.stages.runner import Outcome, StageContext, run_stage
+from pipeline.stages.runner import StageContext, StageOutcome, run_stage
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,7 @@ def test_an_unexpected_exception_fails_the_job_at_once_with_a_code(
         return {}
 
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert result.outcome is Outcome.FAILED and result.error.code == code
+    assert result.outcome is StageOutcome.FAILED and result.error.code == code
     assert code in CODES
     row = _row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("failed", code)
@@ -129,7 +129,7 @@ def test_an_unexpected_exception_fails_the_job_at_once_with_a_code(
     assert "Traceback (most recent call last)" in detail["traceback"]
     assert raise_it.__name__ in detail["traceback"]
     # A redelivered copy does not run it again: one run, no retry storm, no task.lost.
-    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is Outcome.SKIP
+    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is StageOutcome.SKIP
     assert len(calls) == 1
 
 
@@ -159,11 +159,11 @@ def test_a_recoverable_exception_is_retried_then_fails_after_the_cap(
         return {}
 
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert first.outcome is Outcome.RETRY and first.error.code == code
+    assert first.outcome is StageOutcome.RETRY and first.error.code == code
     assert first.owner is None  # released: the retry takes a fresh lease
     assert _row(db_engine, task_id)["lease_owner"] is None
     second = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert second.outcome is Outcome.FAILED and second.error.code == code  # max_attempts=2
+    assert second.outcome is StageOutcome.FAILED and second.error.code == code  # max_attempts=2
     row = _row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["lease_owner"]) == ("failed", code, None)
     assert [e for e, _ in _events(db_engine, task_id)] == [
@@ -195,7 +195,7 @@ def test_a_job_failed_for_good_leaves_no_work_dir(fast: Settings, db_engine: Eng
 
     outcomes = [run_stage(fast, db_engine, task_id, "preprocess", stage).outcome
                 for _ in range(2)]
-    assert Outcome.FAILED in outcomes
+    assert StageOutcome.FAILED in outcomes
     assert _row(db_engine, task_id)["status"] == "failed"
     assert not (fast.work_dir / task_id).exists()
 
@@ -211,7 +211,7 @@ def test_a_crash_in_the_callback_stage_never_fails_a_finished_job(
         return {}
 
     result = run_stage(fast, db_engine, task_id, "callback", stage, max_attempts=10**6)
-    assert result.outcome is Outcome.FAILED and result.error.code == "internal.error"
+    assert result.outcome is StageOutcome.FAILED and result.error.code == "internal.error"
     row = _row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["callback_status"], row["lease_owner"]) == (
         "completed", None, "failed", None)

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 
 from pipeline.errors import AudioError, StorageError
 from pipeline.settings import Settings
-from pipeline.stages.runner import Outcome, StageContext, run_stage
+from pipeline.stages.runner import StageContext, StageOutcome, run_stage
 from pipeline.state import journal, leases
 from pipeline.state.status import Status
 
@@ -74,14 +74,14 @@ def test_success_advances_and_records_events(fast: Settings, db_engine: Engine,
         return {}
 
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert result.outcome is Outcome.CONTINUE
+    assert result.outcome is StageOutcome.CONTINUE
     row = _row(db_engine, task_id)
     assert (row["status"], row["stage"], row["lease_owner"]) == ("running", "gpu", None)
     assert _events(db_engine, task_id) == [("preprocess", "started"),
                                            ("preprocess", "succeeded")]
     # A duplicate delivery of the same stage does nothing and stops its chain copy.
     again = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert again.outcome is Outcome.SKIP
+    assert again.outcome is StageOutcome.SKIP
     assert _events(db_engine, task_id)[-1] == ("preprocess", "skipped")
 
 
@@ -94,12 +94,12 @@ def test_permanent_error_fails_at_once_with_its_code(fast: Settings, db_engine: 
         raise AudioError("ffmpeg cannot decode audio.mp3", code="audio.undecodable")
 
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert result.outcome is Outcome.FAILED and result.error.code == "audio.undecodable"
+    assert result.outcome is StageOutcome.FAILED and result.error.code == "audio.undecodable"
     row = _row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("failed", "audio.undecodable")
     assert row["finished_at"] is not None and row["lease_owner"] is None
     # No retry storm: a redelivery of the failed stage does not run it again.
-    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is Outcome.SKIP
+    assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is StageOutcome.SKIP
     assert len(calls) == 1
 
 
@@ -110,10 +110,10 @@ def test_recoverable_error_retries_then_fails_after_the_cap(fast: Settings,
         raise StorageError("object store answered 503")
 
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert first.outcome is Outcome.RETRY and first.delay_s >= 0
+    assert first.outcome is StageOutcome.RETRY and first.delay_s >= 0
     assert _row(db_engine, task_id)["lease_owner"] is None  # released for the retry
     second = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert second.outcome is Outcome.FAILED  # max_attempts=2
+    assert second.outcome is StageOutcome.FAILED  # max_attempts=2
     assert _row(db_engine, task_id)["error_code"] == "storage.unavailable"
     assert [e for _, e in _events(db_engine, task_id)] == [
         "started", "retrying", "started", "failed"]
@@ -148,7 +148,7 @@ def test_lost_lease_stops_the_stage_between_batches(fast: Settings, db_engine: E
     thief.start()
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
     thief.join()
-    assert result.outcome is Outcome.SKIP
+    assert result.outcome is StageOutcome.SKIP
     assert _events(db_engine, task_id)[-1] == ("preprocess", "lease_lost")
     assert _row(db_engine, task_id)["lease_owner"] == "thief"
 
@@ -163,7 +163,7 @@ def test_progress_is_written_while_the_stage_runs(fast: Settings, db_engine: Eng
         seen.append(_row(db_engine, task_id)["progress"])
         return {}
 
-    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is Outcome.CONTINUE
+    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.CONTINUE
     assert seen == [42]
 
 
@@ -181,7 +181,7 @@ def test_a_passed_deadline_is_noticed_between_batches(fast: Settings, db_engine:
         return {}
 
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
-    assert result.outcome is Outcome.FAILED and batches == []
+    assert result.outcome is StageOutcome.FAILED and batches == []
     assert _row(db_engine, task_id)["error_code"] == "task.deadline"
 
 
@@ -196,6 +196,6 @@ def test_a_cancelled_task_stops_at_the_next_heartbeat(fast: Settings, db_engine:
             time.sleep(0.1)
         raise AssertionError("the cancel was never noticed")
 
-    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is Outcome.SKIP
+    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.SKIP
     row = _row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("cancelled", "task.cancelled")

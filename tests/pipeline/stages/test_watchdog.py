@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from pipeline.settings import Settings
-from pipeline.stages.runner import Outcome, StageContext, run_stage
+from pipeline.stages.runner import StageContext, StageOutcome, run_stage
 from pipeline.state import journal
 from pipeline.state.status import Status
 
@@ -96,7 +96,7 @@ def test_a_lost_lease_stops_work_that_never_polls(fast: Settings, db_engine: Eng
     result = run_stage(fast, db_engine, task_id, "gpu", stage)
     stopped = time.monotonic()
     thief.join()
-    assert result.outcome is Outcome.SKIP
+    assert result.outcome is StageOutcome.SKIP
     # Within one heartbeat of the theft, plus one "batch" for a blocking call.
     assert stopped - when[0] < BEAT + 0.5 + 0.5, stopped - when[0]
     assert _events(db_engine, task_id)[-1] == "lease_lost"
@@ -112,7 +112,7 @@ def test_a_cancel_stops_the_work_and_drops_the_lease(fast: Settings, db_engine: 
         raise AssertionError("the cancel was never noticed")
 
     begun = time.monotonic()
-    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is Outcome.SKIP
+    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.SKIP
     assert time.monotonic() - begun < BEAT + 1.0
     row = _row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["lease_owner"]) == (
@@ -134,7 +134,7 @@ def test_a_spent_budget_fails_the_stage_with_stage_timeout(fast: Settings, db_en
     begun = time.monotonic()
     result = run_stage(fast, db_engine, task_id, "gpu", stage)
     took = time.monotonic() - begun
-    assert result.outcome is Outcome.FAILED and result.error.code == "stage.timeout"
+    assert result.outcome is StageOutcome.FAILED and result.error.code == "stage.timeout"
     assert 1.5 <= took < 1.5 + 0.5, took
     row = _row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["lease_owner"]) == (
@@ -154,7 +154,7 @@ def test_a_passed_deadline_stops_work_that_never_polls(fast: Settings, db_engine
 
     begun = time.monotonic()
     result = run_stage(fast, db_engine, task_id, "gpu", stage)
-    assert result.outcome is Outcome.FAILED and result.error.code == "task.deadline"
+    assert result.outcome is StageOutcome.FAILED and result.error.code == "task.deadline"
     assert time.monotonic() - begun < 1 + BEAT + 0.5
     assert _row(db_engine, task_id)["error_code"] == "task.deadline"
 
@@ -166,7 +166,7 @@ def test_work_that_ends_in_time_is_never_interrupted_afterwards(
         _busy(0.7)
         return {}
 
-    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is Outcome.CONTINUE
+    assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.CONTINUE
     time.sleep(BEAT + 0.5)  # nothing is left pending for this thread
     _busy(0.2)
     assert _row(db_engine, task_id)["stage"] == "encode"
