@@ -32,14 +32,16 @@ transaction) and then gives up until the next interval.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
+
+from pipeline.state import bulk
+from pipeline.state.bulk import EventRow
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,6 @@ ORDER BY received_at LIMIT :limit FOR UPDATE SKIP LOCKED""")
 _STILL_RECEIVED = text("SELECT task_id FROM tasks WHERE task_id = ANY(:ids) "
                        "AND status = 'received'")
 
-_MARK_QUEUED = text("""
-UPDATE tasks SET status = 'queued', stage = 'preprocess', queued_at = now(), updated_at = now()
-WHERE task_id = ANY(:ids) AND status = 'received'""")
-
 #: A stage is lost when its lease expired: a running job's stage, or the callback of a
 #: finished one (which never fails the job: it is only re-queued).
 _EXPIRED = text("""
@@ -148,11 +146,6 @@ RETURNING t.task_id, t.priority, t.attempts,
           CASE WHEN t.status IN ({_FINAL}) THEN 'callback'
                ELSE coalesce(t.stage, 'preprocess') END AS stage,
           t.status IN ({_FINAL}) AND t.callback_status = 'failed' AS gave_up""")
-
-_EVENTS = text("""
-INSERT INTO task_events (task_id, stage, event, attempt, detail)
-SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:stages AS text[]), CAST(:events AS text[]),
-                     CAST(:attempts AS int[]), CAST(:details AS jsonb[]))""")
 
 
 @dataclass
@@ -225,31 +218,34 @@ def _never_queued(conn: Connection, out: Sweep, topic: str, after: float,
             dispatch(row.task_id, row.priority, "preprocess")
             out.queued.append(row.task_id)
     ids = out.queued + out.marked
-    conn.execute(_MARK_QUEUED, {"ids": ids})
-    _events(conn, [(t, "preprocess", "requeued", 0,
-                    {"reason": "never_queued", "chain_was_pushed": t in there}) for t in ids])
+    with conn.connection.cursor() as cur:
+        bulk.mark_queued(cur, ids)
+    _events(conn, [EventRow(t, "preprocess", "requeued", 0,
+                            {"reason": "never_queued", "chain_was_pushed": t in there})
+                   for t in ids])
 
 
 def _expired_leases(conn: Connection, out: Sweep, topic: str, max_attempts: int,
                     max_age: float, limit: int, dispatch: DispatchFn) -> None:
     rows = conn.execute(_EXPIRED, {"topic": topic, "max": max_attempts, "max_age": max_age,
                                    "limit": limit}).all()
-    events = []
+    events: list[EventRow] = []
     for row in rows:
         detail = {"reason": "lease_expired", "owner": row.lease_owner}
         if row.gave_up:
             out.callbacks_expired.append(row.task_id)
-            events.append((row.task_id, "callback", "failed", row.attempts,
-                           dict(detail, code="callback.expired")))
+            events.append(EventRow(row.task_id, "callback", "failed", row.attempts,
+                                   dict(detail, code="callback.expired")))
         elif row.lost:
             dispatch(row.task_id, row.priority, "callback")
             out.lost.append(row.task_id)
-            events.append((row.task_id, row.lease_stage, "failed", row.attempts,
-                           dict(detail, code="task.lost")))
+            events.append(EventRow(row.task_id, row.lease_stage, "failed", row.attempts,
+                                   dict(detail, code="task.lost")))
         else:
             dispatch(row.task_id, row.priority, row.lease_stage)
             out.requeued.append((row.task_id, row.lease_stage))
-            events.append((row.task_id, row.lease_stage, "requeued", row.attempts, detail))
+            events.append(EventRow(row.task_id, row.lease_stage, "requeued", row.attempts,
+                                   detail))
     _events(conn, events)
 
 
@@ -257,25 +253,24 @@ def _stalled(conn: Connection, out: Sweep, topic: str, after: float, max_age: fl
              limit: int, dispatch: DispatchFn) -> int:
     rows = conn.execute(_STALLED, {"topic": topic, "after": after, "max_age": max_age,
                                    "limit": limit}).all()
-    events = []
+    events: list[EventRow] = []
     reason = "broker_restarted" if out.broker_restarted else "stalled"
     for row in rows:
         if row.gave_up:
             out.callbacks_expired.append(row.task_id)
-            events.append((row.task_id, "callback", "failed", row.attempts,
-                           {"reason": reason, "code": "callback.expired"}))
+            events.append(EventRow(row.task_id, "callback", "failed", row.attempts,
+                                   {"reason": reason, "code": "callback.expired"}))
             continue
         dispatch(row.task_id, row.priority, row.stage)
         out.stalled.append((row.task_id, row.stage))
-        events.append((row.task_id, row.stage, "requeued", row.attempts, {"reason": reason}))
+        events.append(EventRow(row.task_id, row.stage, "requeued", row.attempts,
+                               {"reason": reason}))
     _events(conn, events)
     return len(rows)
 
 
-def _events(conn: Connection, events: Iterable[tuple[str, str, str, int, dict[str, object]]]) -> None:
-    rows = list(events)
-    if rows:
-        ids, stages, names, attempts, details = (list(col) for col in zip(*rows))
-        conn.execute(_EVENTS, {"ids": ids, "stages": stages, "events": names,
-                               "attempts": attempts,
-                               "details": [json.dumps(d) for d in details]})
+def _events(conn: Connection, events: list[EventRow]) -> None:
+    """The events, inside the sweep's transaction (the same DBAPI connection)."""
+    if events:
+        with conn.connection.cursor() as cur:
+            bulk.insert_events(cur, events)

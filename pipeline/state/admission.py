@@ -21,6 +21,9 @@ from typing import Any
 
 from psycopg2.extras import execute_values
 
+from pipeline.state import bulk
+from pipeline.state.bulk import EventRow
+
 #: The tasks columns an admitted job fills; a job's row is a plain tuple in this order.
 TASK_COLUMNS = ("task_id", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_key",
                 "ordering_key", "tenant", "user_id", "priority", "engine", "depends_on",
@@ -45,16 +48,9 @@ INSERT INTO tasks (task_id, kafka_topic, kafka_partition, kafka_offset, kafka_ke
 VALUES %s ON CONFLICT (task_id) DO NOTHING RETURNING task_id"""
 _REJECT_TEMPLATE = "(%s, %s, %s, %s, %s, 'rejected', %s, %s, now())"
 
-_INSERT_EVENTS = """
-INSERT INTO task_events (task_id, event, detail)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[])"""
-
 #: Losing this on a Postgres crash is harmless (the reconciler marks them again from the
 #: dispatch marker), so it does not wait for the WAL flush.
 _ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
-_MARK_QUEUED = """
-UPDATE tasks SET status = 'queued', stage = 'preprocess', queued_at = now(), updated_at = now()
-WHERE task_id = ANY(%s) AND status = 'received'"""
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -97,10 +93,8 @@ def admit(cur: Any, rows: Sequence[tuple[Any, ...]],
         (admitted if task_id in new and task_id not in seen else duplicates).append(task_id)
         seen.add(task_id)
     rejected, details = _rejects(cur, rejects)
-    if duplicates or rejected:
-        cur.execute(_INSERT_EVENTS, (duplicates + rejected,
-                                     ["duplicate"] * len(duplicates) + ["rejected"] * len(rejected),
-                                     ["{}"] * len(duplicates) + details))
+    bulk.insert_events(cur, [EventRow(t, None, "duplicate") for t in duplicates]
+                       + [EventRow(t, None, "rejected", 0, d) for t, d in zip(rejected, details)])
     return AdmittedRows(admitted, duplicates, rejected)
 
 
@@ -109,8 +103,7 @@ def mark_queued(cur: Any, task_ids: Sequence[str]) -> int:
     if not task_ids:
         return 0
     cur.execute(_ASYNC_COMMIT)
-    cur.execute(_MARK_QUEUED, (list(task_ids),))
-    return int(cur.rowcount)
+    return bulk.mark_queued(cur, task_ids)
 
 
 def _rejects(cur: Any, rejects: Sequence[RejectRow]) -> tuple[list[str], list[str]]:
