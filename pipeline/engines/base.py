@@ -1,4 +1,5 @@
-"""The one engine interface, its request/result types and Sonic's frame and size rules.
+"""The one engine interface and its request/result types (Sonic's frame and size rules
+are :mod:`pipeline.media.frames`).
 
 No torch here: the bridge and the cpu workers import this module.
 """
@@ -12,36 +13,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.errors import Cancelled
-
-#: Audio rate every engine consumes.
-SAMPLE_RATE = 16_000
-#: Samples per generated key frame: Sonic renders 12.5 key frames per second of 16 kHz.
-SAMPLES_PER_KEY_FRAME = 1280
-#: Output rate once key frames are doubled by interpolation.
-FPS = 25
+from pipeline.media.frames import FPS
 
 #: Called with the fraction done, 0.0 to 1.0, never decreasing.
 Progress = Callable[[float], None]
 #: Polled between frame batches: False to go on; True, "task.cancelled" or
 #: "task.deadline" to stop (a string picks the code of the raised :class:`Cancelled`).
 StopCheck = Callable[[], "bool | str | None"]
-
-
-def key_frames(samples: int) -> int:
-    """Key frames Sonic renders for ``samples`` of 16 kHz audio (12.5 per second)."""
-    return samples // SAMPLES_PER_KEY_FRAME
-
-
-def frame_count(samples: int) -> int:
-    """Frames at 25 fps: the key frames with one interpolated between each pair (2N-1)."""
-    n = key_frames(samples)
-    return 2 * n - 1 if n > 0 else 0
-
-
-def output_size(width: int, height: int, min_resolution: int) -> tuple[int, int]:
-    """Scale so the short side is ``min_resolution``; both sides rounded to multiples of 64."""
-    scale = min_resolution / min(width, height)
-    return (max(64, round(width * scale / 64) * 64), max(64, round(height * scale / 64) * 64))
 
 
 def check_stop(should_stop: StopCheck) -> None:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.engines.base import FPS, Engine, Progress, RenderRequest, RenderResult, StopCheck
-from pipeline.engines.base import check_stop, output_size
+from pipeline.engines.base import Engine, Progress, RenderRequest, RenderResult, StopCheck
+from pipeline.engines.base import check_stop
 from pipeline.errors import EngineError, OutOfMemory
 from pipeline.faults import describe, is_out_of_memory
+from pipeline.media.frames import FPS, output_size
 
 if TYPE_CHECKING:
     import torch

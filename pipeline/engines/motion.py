@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.engines.base import SAMPLE_RATE, SAMPLES_PER_KEY_FRAME, key_frames
 from pipeline.errors import EngineError
+from pipeline.media.frames import SAMPLE_RATE, SAMPLES_PER_KEY_FRAME, key_frames
 
 if TYPE_CHECKING:
     import torch

@@ -23,15 +23,14 @@ import numpy as np
 from pipeline.errors import AudioError
 from pipeline.media.ffmpeg import (AUDIO_DEMUXERS, DEFAULT, FFmpeg, duration_s, input_args,
                                    probe, run_ffmpeg, stream)
+from pipeline.media.frames import SAMPLE_RATE, SAMPLES_PER_KEY_FRAME
 
-#: The rate every engine consumes (Sonic's whisper features and frame rule assume it).
-SAMPLE_RATE = 16_000
 #: A 20 ms window louder than this (RMS, dBFS) holds speech-level sound.
 SPEECH_DBFS = -50.0
 #: Speech-level windows must add up to this much (seconds) for the clip not to be silent.
 MIN_SPEECH_S = 0.1
 #: Shorter than this gives fewer than two Sonic key frames (2 x 1280 samples).
-MIN_DURATION_S = 2 * 1280 / SAMPLE_RATE
+MIN_DURATION_S = 2 * SAMPLES_PER_KEY_FRAME / SAMPLE_RATE
 WINDOW = SAMPLE_RATE // 50
 #: Rates the video's AAC track is written at (the user's own rate when it is one of them).
 AAC_RATES = (16_000, 22_050, 24_000, 32_000, 44_100, 48_000)

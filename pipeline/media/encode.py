@@ -23,6 +23,7 @@ from pipeline.errors import EncodeError
 from pipeline.media.audio import delivery_format
 from pipeline.media.ffmpeg import (DEFAULT, FFmpeg, duration_s, failure, popen_ffmpeg, probe,
                                    run_ffmpeg, stream)
+from pipeline.media.frames import FPS, SAMPLE_RATE
 
 #: A raw frames file or batches of frames shaped (H, W, 3) or (N, H, W, 3), RGB uint8.
 Frames = Path | str | Iterable[np.ndarray]
@@ -45,7 +46,7 @@ def audio_args(audio: str | Path, ff: FFmpeg) -> tuple[list[str], float | None]:
     """The AAC encoder options for ``audio`` (rate, channels, bit rate) and its duration."""
     info = probe(audio, ff=ff)
     sound = stream(info, "audio") or {}  # none: ffmpeg's own map error says so
-    rate, channels = delivery_format(int(sound.get("sample_rate") or 16_000),
+    rate, channels = delivery_format(int(sound.get("sample_rate") or SAMPLE_RATE),
                                      int(sound.get("channels") or 1))
     return (["-c:a", "aac", "-b:a", str(AAC_BITRATE_PER_CHANNEL * channels), "-ar", str(rate),
              "-ac", str(channels)], duration_s(info))
@@ -95,7 +96,7 @@ def encode_video(
     out_mp4: str | Path,
     *,
     size: tuple[int, int],
-    fps: int = 25,
+    fps: int = FPS,
     crf: int = 18,
     ff: FFmpeg = DEFAULT,
     seconds: float | None = None,

@@ -15,8 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.engines.base import output_size
 from pipeline.errors import ImageError
+from pipeline.media.frames import output_size
 from pipeline.media.imagefile import DEFAULT_MAX_PIXELS, decode_image
 
 #: Box as (x1, y1, x2, y2) in pixels.

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.engines.base import RenderRequest, frame_count
+from pipeline.engines.base import RenderRequest
+from pipeline.media.frames import frame_count
 from pipeline.engines.builtin import BuiltinEngine
 from pipeline.errors import Cancelled, EngineError
 from pipeline.media.audio import load_wav

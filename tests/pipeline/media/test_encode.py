@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.engines.base import frame_count
+from pipeline.media.frames import frame_count
 from pipeline.errors import Cancelled, EncodeError
 from pipeline.media.audio import SAMPLE_RATE, load_wav, prepare_audio
 from pipeline.media.encode import encode_video, make_poster, remux_faststart, replace_audio
