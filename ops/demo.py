@@ -29,7 +29,8 @@ sys.path[0] = str(ROOT)
 from kafka import KafkaProducer  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from pipeline.commands import POOLS, worker_argv  # noqa: E402
+from pipeline.celery_config import POOLS  # noqa: E402
+from pipeline.commands import worker_argv  # noqa: E402
 from pipeline.settings import Settings, load  # noqa: E402
 from pipeline.state.db import make_db_engine  # noqa: E402
 from pipeline.webhooks import verify  # noqa: E402

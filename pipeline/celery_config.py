@@ -27,6 +27,13 @@ assert tuple(TASK_NAMES) == STAGES
 #: Queue for maintenance tasks (health pings, reconciler sweeps).
 DEFAULT_QUEUE = "default"
 
+#: Worker pools: the queues each consumes (``sonic-pipeline worker --pool NAME``).
+POOLS: dict[str, tuple[str, ...]] = {
+    "gpu": ("gpu",),
+    "cpu": ("preprocess", "encode"),
+    "io": ("upload", "callback", DEFAULT_QUEUE),
+}
+
 #: Task modules every worker imports. They stay thin and never import torch at the top.
 TASK_MODULES: tuple[str, ...] = ("tasks.health", "tasks.preprocess", "tasks.inference",
                                  "tasks.encode", "tasks.upload", "tasks.callback")

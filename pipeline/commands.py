@@ -8,15 +8,9 @@ import os
 import sys
 import uuid
 
+from pipeline.celery_config import POOLS
 from pipeline.errors import PipelineError
 from pipeline.settings import Settings
-
-#: Worker pools: the queues each consumes, its Celery pool and concurrency.
-POOLS: dict[str, tuple[str, ...]] = {
-    "gpu": ("gpu",),
-    "cpu": ("preprocess", "encode"),
-    "io": ("upload", "callback", "default"),
-}
 
 
 def print_settings(args: argparse.Namespace, settings: Settings) -> int:

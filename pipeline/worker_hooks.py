@@ -12,7 +12,7 @@ from typing import Any
 from celery.signals import celeryd_init, worker_process_shutdown
 
 from pipeline import metrics
-from pipeline.commands import POOLS
+from pipeline.celery_config import POOLS
 from pipeline.settings import Settings
 
 #: The queues this worker consumes (empty outside a worker).

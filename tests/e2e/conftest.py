@@ -20,8 +20,9 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from ops.s3 import MinIO, install_minio
+from pipeline.celery_config import POOLS
 from pipeline.chains import dispatch_one, make_app
-from pipeline.commands import POOLS, worker_argv
+from pipeline.commands import worker_argv
 from pipeline.settings import Settings, load
 from tests.pipeline.media.helpers import PORTRAIT, speak
 from tests.pipeline.storage.conftest import free_port

@@ -16,9 +16,8 @@ import yaml
 from sqlalchemy import Engine, text
 
 from bridge.main import EXIT_CONFIG, EXIT_INVALID_RATIO
-from pipeline.celery_config import TASK_NAMES, celery_config
+from pipeline.celery_config import POOLS, TASK_NAMES, celery_config
 from pipeline.cli import EXIT_USAGE, build_parser
-from pipeline.commands import POOLS
 from pipeline.settings import Settings
 from pipeline.worker_hooks import metrics_port
 
