@@ -73,6 +73,7 @@ bench-engine: venv
 
 lint: venv
 	$(PY) -m pyflakes pipeline bridge tasks ops tests migrations
+	$(PY) tests/test_layers.py
 
 clean: down
 	rm -rf .state
