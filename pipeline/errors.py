@@ -12,6 +12,8 @@ Each error carries a stable ``code`` (a dotted string users can search for, stor
      |                                    (a missing bucket / 403 is storage.misconfigured,
      |                                     a PermanentError)
      |    +-- CallbackRetry               callback.retry  receiver timeout / 429 / 5xx
+     |    +-- CallbackPaused              callback.paused  destination's breaker open or
+     |                                    rate limit reached: delayed, no request made
      |    +-- DiskFull                    resource.disk_full  no space left on the work dir
      |    +-- DatabaseUnavailable         database.unavailable  PostgreSQL gone mid-stage
      +-- PermanentError                   fail at once, never retried
@@ -49,6 +51,8 @@ CODES: dict[str, str] = {
     "credentials; not retried",
     "callback.retry": "the callback receiver timed out or answered 429/5xx; retried",
     "callback.rejected": "the callback receiver answered a 4xx other than 429; not retried",
+    "callback.paused": "a callback was delayed without a request: its destination's circuit "
+    "breaker is open (reason breaker_open) or its rate limit is reached (rate_limited)",
     "callback.expired": "the callback was still not delivered SONIC_WEBHOOK_MAX_AGE_S after "
     "the job finished; given up",
     "message.invalid_json": "the Kafka message value is not a JSON object",
@@ -139,6 +143,13 @@ class StorageError(RecoverableError):
 
 class CallbackRetry(RecoverableError):
     code = "callback.retry"
+
+
+class CallbackPaused(RecoverableError):
+    """Flow control held a callback back before any request: ``detail`` has ``reason``
+    (``breaker_open`` or ``rate_limited``), ``host`` and ``delay_s``."""
+
+    code = "callback.paused"
 
 
 class PermanentError(PipelineError):

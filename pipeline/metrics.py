@@ -23,13 +23,21 @@ BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 360
 
 @lru_cache(maxsize=1)
 def _metrics() -> dict[str, Any]:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     return {
         "duration": Histogram("sonic_stage_duration_seconds", "Seconds a stage ran",
                               ["stage", "outcome"], buckets=BUCKETS),
         "failed": Counter("sonic_task_failed_total", "Jobs failed, by stage and error code",
                           ["stage", "code"]),
+        # Callback flow control per destination (scheme://host:port): the breaker's state as
+        # last seen by any worker (0 closed, 1 half-open, 2 open), deliveries held back.
+        "breaker": Gauge("sonic_webhook_breaker_state", "Callback circuit breaker per "
+                         "destination: 0 closed, 1 half-open, 2 open", ["host"],
+                         multiprocess_mode="mostrecent"),
+        "paused": Counter("sonic_webhook_paused_total", "Callbacks delayed without a request, "
+                          "by destination and reason (breaker_open, rate_limited)",
+                          ["host", "reason"]),
     }
 
 
@@ -39,6 +47,14 @@ def observe_stage(stage: str, outcome: str, seconds: float) -> None:
 
 def count_failure(stage: str, code: str) -> None:
     _metrics()["failed"].labels(stage, code).inc()
+
+
+def set_breaker_state(host: str, value: int) -> None:
+    _metrics()["breaker"].labels(host).set(value)
+
+
+def count_paused(host: str, reason: str) -> None:
+    _metrics()["paused"].labels(host, reason).inc()
 
 
 def serve_worker_metrics(directory: Path, port: int, host: str) -> bool:

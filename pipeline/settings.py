@@ -190,6 +190,16 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = 10.0
     #: Give up retrying a callback this long after its first attempt.
     webhook_max_age_s: int = 24 * 3600
+    #: Flow control per destination (scheme, host, port), shared by all io workers through
+    #: Redis: at most this many requests in any window (``limits`` notation, "N/second")...
+    webhook_rate: str = "20/second"
+    #: ...a circuit breaker that opens after this many consecutive failures (timeouts,
+    #: connection errors, 429, 5xx)...
+    webhook_breaker_failures: int = Field(5, ge=1)
+    #: ...stays open this long (seconds), then half-opens...
+    webhook_breaker_open_s: float = Field(30.0, gt=0)
+    #: ...and lets this many trial requests through per opening (first success closes).
+    webhook_breaker_trials: int = Field(1, ge=1)
 
     # --- metrics ----------------------------------------------------------------------------------
     metrics_port: int = 19100
@@ -200,6 +210,17 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("webhook_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse  # the notation of pipeline.webhooks.ratelimit
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"not a rate such as '20/second': {value!r}") from None
         return value
 
     @field_validator("state_dir", "work_dir", "storage_dir")

@@ -2,6 +2,12 @@
 
 Runs for completed and failed jobs alike. It never changes the task's status: a callback
 that fails for good only sets ``callback_status = 'failed'``.
+
+Each delivery passes its destination's flow control first (:mod:`pipeline.webhooks.flow`):
+one held back by an open breaker or a full rate window makes no request and is not an
+attempt (``callback_attempts`` stays); it is a ``delivery`` event with ``reason``
+``breaker_open`` or ``rate_limited`` and a retry after the flow's delay. The max age
+(``SONIC_WEBHOOK_MAX_AGE_S``, from the first try) bounds held-back time too.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from typing import Any
 
 from sqlalchemy import text
 
-from pipeline.errors import CallbackRetry, PermanentError
+from pipeline.errors import CallbackPaused, CallbackRetry, PermanentError
+from pipeline.inputs.urls import check_callback_url
 from pipeline.stages.runner import StageContext
 from pipeline.state import journal
 from pipeline.webhooks import build_payload, deliver, message_id, retry_delay, should_give_up
+from pipeline.webhooks.flow import destination, flow_for
 
 #: callback_status values that end the stage (a redelivery sends nothing).
 SETTLED = frozenset({"delivered", "failed", "none"})
@@ -55,17 +63,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
         return {}
     if not task.get("callback_url"):
         return {"callback_status": "none"}
-    attempt = int(task.get("callback_attempts") or 0) + 1
+    made = int(task.get("callback_attempts") or 0)
+    attempt = made + 1
+    url, settings = task["callback_url"], ctx.settings
     try:
-        result = deliver(task["callback_url"], payload_of(ctx),
-                         message_id(ctx.task_id, task["status"]), ctx.settings, attempt=attempt)
+        host = destination(check_callback_url(url, settings))
+        result = flow_for(settings).send(host, lambda: deliver(
+            url, payload_of(ctx), message_id(ctx.task_id, task["status"]), settings,
+            attempt=attempt))
+    except CallbackPaused as exc:  # no request was made: not an attempt
+        journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=made,
+                       detail=exc.as_dict())
+        if _too_old(ctx):
+            return {"callback_status": "failed", "callback_attempts": made}
+        _set(ctx, "retrying", made)
+        raise
     except CallbackRetry as exc:
         journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=attempt,
                        detail=exc.as_dict())
-        with ctx.db_engine.connect() as conn:
-            first = conn.execute(_FIRST_TRY, {"t": ctx.task_id}).scalar()
-        now = datetime.now(timezone.utc)
-        if first is not None and should_give_up(first, now, ctx.settings.webhook_max_age_s):
+        if _too_old(ctx):
             return {"callback_status": "failed", "callback_attempts": attempt}
         _set(ctx, "retrying", attempt)
         exc.detail["delay_s"] = retry_delay(attempt, exc.detail.get("retry_after"))
@@ -77,6 +93,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=attempt,
                    duration_s=result.duration, detail={"status_code": result.status_code})
     return {"callback_status": "delivered", "callback_attempts": attempt}
+
+
+def _too_old(ctx: StageContext) -> bool:
+    """True once ``SONIC_WEBHOOK_MAX_AGE_S`` has passed since the callback's first try."""
+    with ctx.db_engine.connect() as conn:
+        first = conn.execute(_FIRST_TRY, {"t": ctx.task_id}).scalar()
+    now = datetime.now(timezone.utc)
+    return first is not None and should_give_up(first, now, ctx.settings.webhook_max_age_s)
 
 
 def _set(ctx: StageContext, status: str, attempts: int) -> None:

@@ -252,8 +252,10 @@ def test_the_callback_stage_gives_up_by_age_and_leaves_the_task_completed(
     from pipeline.stages import callback
     from pipeline.stages.runner import StageOutcome, run_stage
 
+    # (Every attempt is a request here: the breaker never opens; tests/pipeline/webhooks/.)
     settings = load(webhook_secret=SECRET, webhook_timeout_s=0.5, webhook_max_age_s=2,
-                    allow_private_networks=True, work_dir=tmp_path, heartbeat_interval_s=1)
+                    allow_private_networks=True, work_dir=tmp_path, heartbeat_interval_s=1,
+                    webhook_breaker_failures=1000)
     task_id = f"hook-trickle-{unique}"
     with TrickleServer("slow_headers", interval=0.05) as server:
         with db_engine.begin() as conn:
