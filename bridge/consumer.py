@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
+from bridge import kafka_pin
 from pipeline.settings import Settings
 
 
@@ -51,7 +52,8 @@ def make_consumer(settings: Settings, bootstrap_timeout_ms: int = 10_000) -> Kaf
 
 
 def _finish_joins(consumer: KafkaConsumer) -> None:
-    """Never leave a JoinGroup/SyncGroup round unfinished (kafka-python 3.0.x).
+    """Never leave a JoinGroup/SyncGroup round unfinished (kafka-python 3.0.12, private
+    names: see :mod:`bridge.kafka_pin`).
 
     ``poll()`` drives a rebalance as a task and returns when its timeout expires, to await
     the same task at the next ``poll()`` - but only while ``need_rejoin()`` holds. A leader
@@ -62,9 +64,9 @@ def _finish_joins(consumer: KafkaConsumer) -> None:
     Here a round in flight, or finished but not applied, still counts as a rejoin: the next
     ``poll()`` completes it (a finished one costs one more JoinGroup).
     """
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None or not hasattr(coordinator, "_join_task"):
-        return  # another kafka-python: nothing to patch
+    kafka_pin.missing(consumer, ("_coordinator",), "bridge/consumer.py")
+    coordinator = consumer._coordinator
+    kafka_pin.missing(coordinator, ("_join_task", "need_rejoin"), "bridge/consumer.py")
     need_rejoin = coordinator.need_rejoin
 
     def need_rejoin_or_unfinished() -> bool:

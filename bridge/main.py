@@ -17,7 +17,7 @@ from functools import partial
 from kafka import KafkaConsumer, KafkaProducer
 from sqlalchemy import Engine, text
 
-from bridge import metrics
+from bridge import kafka_pin, metrics
 from bridge.admit import Admit
 from bridge.backpressure import Backpressure, InFlight
 from bridge.batches import BatchThread
@@ -29,7 +29,7 @@ from bridge.dlq import DeadLetters
 from bridge.guard import InvalidRatio, InvalidRatioExceeded
 from bridge.loop import Every, Loop
 from bridge.process import Process
-from bridge.rawfetch import RawFetcher, check_client
+from bridge.rawfetch import RawFetcher
 from bridge.services import KAFKA_BOOTSTRAP_TIMEOUT_MS, kafka, postgres, redis_client
 from bridge.signals import Shutdown
 from bridge.undecodable import UndecodableStep
@@ -79,7 +79,7 @@ def run(settings: Settings) -> int:
 @contextmanager
 def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
     topic = settings.topic_tasks
-    check_client()  # the undecodable-record step relies on this kafka-python's internals
+    kafka_pin.check_client()  # consumer.py and rawfetch.py rely on its internals
     with ExitStack() as stack:
         db_engine = postgres(settings)
         stack.callback(db_engine.dispose)

@@ -4,9 +4,8 @@ kafka-python has no public call that returns the bytes of a record it cannot dec
 this module sends a plain (sessionless) Fetch request through a group-less client of its
 own, using kafka-python internals: ``KafkaConsumer._manager`` (``send``, ``wait_for``,
 ``cluster.leader_for_partition``), ``KafkaConsumer._net.run`` and the
-``kafka.protocol.consumer.FetchRequest`` schema. They are those of kafka-python
-:data:`PINNED` (pinned in setup.cfg): :func:`check_client` refuses any other version at
-the bridge's start (exit 3), so an upgrade re-checks this module first.
+``kafka.protocol.consumer.FetchRequest`` schema. They are those of the kafka-python
+release :mod:`bridge.kafka_pin` checks at the bridge's start (exit 3 on any other).
 """
 
 from __future__ import annotations
@@ -15,31 +14,18 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
-import kafka
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.protocol.consumer import FetchRequest
 
+from bridge import kafka_pin
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The kafka-python release whose internals this module uses.
-PINNED = "3.0.12"
 #: Bytes asked per partition (the broker returns at least one whole batch, KIP-74).
 PARTITION_MAX_BYTES = 1024 * 1024
 _NEEDED = ("_manager", "_net")
-
-
-def check_client(version: str | None = None) -> None:
-    """Raise :class:`ConfigError` unless kafka-python is :data:`PINNED`."""
-    version = kafka.__version__ if version is None else version
-    if version != PINNED:
-        raise ConfigError(
-            f"kafka-python {version} is installed, but the bridge reads records the client "
-            f"cannot decode through kafka-python {PINNED}'s internals (bridge/rawfetch.py): "
-            f"install kafka-python=={PINNED}, or re-check that module against {version} "
-            "and move the pin")
 
 
 class RawFetcher:
@@ -85,11 +71,11 @@ class RawFetcher:
     def _connect(self) -> KafkaConsumer:
         if self._client is None:
             client = self.make_client()
-            missing = [name for name in _NEEDED if not hasattr(client, name)]
-            if missing:
+            try:
+                kafka_pin.missing(client, _NEEDED, "bridge/rawfetch.py")
+            except ConfigError:
                 client.close()
-                raise ConfigError(f"kafka-python {kafka.__version__} lacks {missing}: "
-                                  "bridge/rawfetch.py needs re-checking")
+                raise
             self._client = client
         return self._client
 
