@@ -35,12 +35,13 @@ from bridge.signals import Shutdown
 from bridge.undecodable import UndecodableStep
 from pipeline import chains, reconcile
 from pipeline.epoch import RedisEpoch
-from pipeline.errors import ConfigError, ServiceUnavailable
+from pipeline.errors import EXIT_OK, ConfigError, ServiceUnavailable
 from pipeline.settings import Settings
 
 log = logging.getLogger("bridge")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_INVALID_RATIO = 0, 1, 3, 4, 5
+#: Too many invalid messages (the other exit codes are pipeline.errors').
+EXIT_INVALID_RATIO = 5
 
 #: In flight: chains in Celery (queued, running) and admitted ones being dispatched
 #: (received): together they bound what Redis holds. Scoped to the bridge's topic.
@@ -62,12 +63,9 @@ def run(settings: Settings) -> int:
             loop.run()
         log.info("bridge: stopped cleanly")
         return EXIT_OK
-    except ConfigError as exc:
+    except (ConfigError, ServiceUnavailable) as exc:
         print(f"bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ServiceUnavailable as exc:
-        print(f"bridge: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return exc.exit_code
     except InvalidRatioExceeded as exc:
         log.critical("bridge: %s", exc)
         print(f"bridge: {exc}", file=sys.stderr)

@@ -22,10 +22,8 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from pipeline import commands
-from pipeline.errors import ConfigError, PipelineError, ServiceUnavailable
+from pipeline.errors import EXIT_CONFIG, PipelineError
 from pipeline.settings import Settings, load
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,15 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         return _dispatch(args, settings)
-    except ConfigError as exc:
+    except PipelineError as exc:  # exit 3 config, 4 a service, 1 the rest
         print(f"sonic-pipeline: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ServiceUnavailable as exc:
-        print(f"sonic-pipeline: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except PipelineError as exc:
-        print(f"sonic-pipeline: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -40,6 +40,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Process exit codes (a contract: the systemd units and k8s manifests in ops/ read them).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+
 #: Every stable error code, with what it means. Tests check raised codes are listed here.
 CODES: dict[str, str] = {
     "config.invalid": "a setting is missing or malformed",
@@ -104,6 +107,8 @@ class PipelineError(Exception):
 
     code: str = "pipeline.error"
     retryable: bool = False
+    #: What a process that stops on this error exits with.
+    exit_code: int = EXIT_FAILURE
 
     def __init__(self, message: str, *, code: str | None = None, **detail: Any) -> None:
         super().__init__(message)
@@ -121,10 +126,12 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError):
     code = "config.invalid"
+    exit_code = EXIT_CONFIG
 
 
 class ServiceUnavailable(PipelineError):
     code = "service.unavailable"
+    exit_code = EXIT_UNAVAILABLE
 
 
 class RecoverableError(PipelineError):

@@ -15,9 +15,10 @@ import pytest
 import yaml
 from sqlalchemy import Engine, text
 
-from bridge.main import EXIT_CONFIG, EXIT_INVALID_RATIO
+from bridge.main import EXIT_INVALID_RATIO
 from pipeline.celery_config import POOLS, TASK_NAMES, celery_config
-from pipeline.cli import EXIT_USAGE, build_parser
+from pipeline.cli import build_parser
+from pipeline.errors import EXIT_CONFIG, EXIT_USAGE
 from pipeline.settings import Settings
 from pipeline.worker_hooks import metrics_port
 
