@@ -14,7 +14,6 @@ are one line naming the fix, exit status 1. Point the pipeline at it with
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "ops":
     sys.path[0] = str(ROOT)  # run as a script: import from the repo root, never from ops/
 
 from ops.services.base import Service  # noqa: E402
-from ops.services.proc import StackError, report  # noqa: E402
+from ops.services.proc import StackError, locked, run_command  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
 #: The MinIO server module and the exact version built (a commit of its main branch).
@@ -162,31 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None,
                         help=f"listen port (default: SONIC_S3_PORT or {DEFAULT_PORT})")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        from pipeline.settings import load
+    return run_command(lambda: _command(args))
 
-        svc = MinIO(load(), port=args.port)
-        if args.command == "status":
-            ok, line = svc.status()
-            say(line)
-            return 0 if ok else 1
-        run = svc.state / "run"
-        run.mkdir(parents=True, exist_ok=True)
-        with (run / "s3.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if args.command == "up":
-                up(svc)
-            elif args.command == "down":
-                say(f"s3: {svc.stop()}")
-            else:
-                started = time.monotonic()
-                binary, built = install_minio(svc.bin_dir)
-                say(f"s3: {'built' if built else 'already installed'} {binary} "
-                    f"({time.monotonic() - started:.1f}s)")
-    except StackError as exc:
-        return report(exc)
-    except KeyboardInterrupt:
-        return 130
+
+def _command(args: argparse.Namespace) -> int:
+    from pipeline.settings import load
+
+    svc = MinIO(load(), port=args.port)
+    if args.command == "status":
+        ok, line = svc.status()
+        say(line)
+        return 0 if ok else 1
+    with locked(svc.state, "s3"):
+        if args.command == "up":
+            up(svc)
+        elif args.command == "down":
+            say(f"s3: {svc.stop()}")
+        else:
+            started = time.monotonic()
+            binary, built = install_minio(svc.bin_dir)
+            say(f"s3: {'built' if built else 'already installed'} {binary} "
+                f"({time.monotonic() - started:.1f}s)")
     return 0
 
 

@@ -12,11 +12,9 @@ Errors are one line naming the service and the fix, with exit status 1.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,22 +23,12 @@ sys.path[0] = str(ROOT)
 
 from ops.services import SERVICES, Service, StackError  # noqa: E402
 from ops.services.install import NEEDS, apt_install, fetch_kafka_jars, missing_packages  # noqa: E402
-from ops.services.proc import report  # noqa: E402
+from ops.services.proc import locked, run_command  # noqa: E402
 from ops.services.topics import ensure_topics  # noqa: E402
 
 
 def say(line: str) -> None:
     print(line, flush=True)
-
-
-@contextmanager
-def locked(settings):
-    """One up/down at a time per state dir."""
-    run = settings.state_dir / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    with (run / "stack.lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
 
 
 def install(settings, services: list[Service], everything: bool) -> None:
@@ -145,24 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     # A relative SONIC_STATE_DIR (default .state) means the repo's, wherever we run from.
     os.chdir(ROOT)
-    try:
-        settings = load_settings()
-        services = [cls(settings) for name, cls in SERVICES.items() if name in args.only]
-        if args.command == "status":
-            return status(services)
-        with locked(settings):
-            if args.command == "up":
-                up(settings, services)
-            elif args.command == "down":
-                down(services)
-            elif args.command == "topics":
-                topics(settings)
-            else:
-                install(settings, services, everything=True)
-    except StackError as exc:
-        return report(exc)
-    except KeyboardInterrupt:
-        return 130
+    return run_command(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    services = [cls(settings) for name, cls in SERVICES.items() if name in args.only]
+    if args.command == "status":
+        return status(services)
+    with locked(settings.state_dir, "stack"):
+        if args.command == "up":
+            up(settings, services)
+        elif args.command == "down":
+            down(services)
+        elif args.command == "topics":
+            topics(settings)
+        else:
+            install(settings, services, everything=True)
     return 0
 
 

@@ -8,12 +8,15 @@ and it is stopped by that PID only, never by name.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -165,3 +168,23 @@ def report(exc: StackError) -> int:
     if exc.log is not None:
         print("\n".join(f"    {line}" for line in tail(exc.log, 10)), file=sys.stderr)
     return 1
+
+
+@contextmanager
+def locked(state_dir: Path, name: str) -> Iterator[None]:
+    """One up/down/install at a time per state dir: an flock on ``<state>/run/<name>.lock``."""
+    run = state_dir / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / f"{name}.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def run_command(command: Callable[[], int]) -> int:
+    """``command()``'s exit status; a :class:`StackError` is reported (1), Ctrl-C is 130."""
+    try:
+        return command()
+    except StackError as exc:
+        return report(exc)
+    except KeyboardInterrupt:
+        return 130
