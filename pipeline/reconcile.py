@@ -123,7 +123,7 @@ WHERE t.task_id = e.task_id AND t.lease_expires_at < now()
 RETURNING t.task_id, t.priority, t.attempts, e.lost, e.gave_up, e.lease_stage,
           e.lease_owner""")
 
-_FINAL = "'completed', 'failed', 'cancelled'"
+_FINAL = "'completed', 'failed', 'cancelled', 'expired'"
 
 #: No lease, no progress: the job's Celery message is gone. Finished jobs whose callback is
 #: older than the callback's max age are settled as failed instead of sent again.
@@ -134,7 +134,7 @@ WITH stalled AS (
       AND updated_at < now() - make_interval(secs => :after)
       AND (status IN ('queued', 'running')
            OR (status IN ({_FINAL})
-               AND (callback_status IS NULL OR callback_status = 'retrying')))
+               AND (callback_status IS NULL OR callback_status IN ('retrying', 'queued'))))
     ORDER BY updated_at LIMIT :limit FOR UPDATE SKIP LOCKED)
 UPDATE tasks t SET updated_at = now(),
     callback_status = CASE

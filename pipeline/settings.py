@@ -93,6 +93,26 @@ class Settings(BaseSettings):
     #: The bridge resumes its partitions below this.
     inflight_low: int = 150
 
+    # --- scheduler (the dispatcher: Postgres backlog -> Celery window) ------------------------
+    #: Admitted jobs not yet dispatched (received + waiting) at most; above it the bridge
+    #: pauses its partitions and the backlog stays in Kafka.
+    backlog_max: int = 1_000_000
+    #: gpu workers the fleet runs (slots), and jobs each may have dispatched ahead of its
+    #: gpu (rendering, preprocessed and waiting, preprocessing): the dispatch window is
+    #: their product, so a job chosen now reaches a gpu within about one render.
+    gpu_slots: int = 1
+    dispatch_lead: int = 3
+    #: Jobs one tenant may have queued or running at once.
+    tenant_inflight_max: int = 1000
+    #: Tenants' weights (``a=2,b=0.5``); others weigh 1. The dispatcher serves the tenant
+    #: with the least work in flight per weight.
+    tenant_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    #: Seconds a job waits for a ``depends_on`` id that was never admitted before it fails
+    #: with ``dependency.unknown``.
+    dependency_wait_s: float = 3600.0
+    #: Seconds the dispatcher sleeps when it has nothing to do.
+    dispatch_idle_s: float = 0.1
+
     # --- bridge ------------------------------------------------------------------------
     #: Most records handed to the admission steps per poll.
     bridge_batch_max: int = 1000
@@ -222,6 +242,21 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"not a rate such as '20/second': {value!r}") from None
         return value
+
+    @field_validator("tenant_weights", mode="before")
+    @classmethod
+    def _weights(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("SONIC_TENANT_WEIGHTS is tenant=weight[,tenant=weight...]")
+            return {name.strip(): float(weight) for name, weight in pairs}
+        return value
+
+    @property
+    def dispatch_window(self) -> int:
+        """Jobs dispatched and not yet past the gpu stage, at most."""
+        return max(1, self.gpu_slots * self.dispatch_lead)
 
     @field_validator("state_dir", "work_dir", "storage_dir")
     @classmethod

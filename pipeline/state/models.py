@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     SmallInteger,
@@ -29,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from pipeline.state.status import Status
 
 STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
+FINAL_VALUES = ", ".join(f"'{s.value}'" for s in Status if s.final)
 
 
 class Base(DeclarativeBase):
@@ -52,6 +54,8 @@ class Task(Base):
     depends_on: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    #: Admission order (an identity: a batch is inserted in Kafka offset order).
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=False), nullable=False)
     status: Mapped[str] = mapped_column(String(16), server_default=Status.RECEIVED.value)
     stage: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Float, server_default="0")
@@ -92,6 +96,20 @@ class Task(Base):
         Index("ix_tasks_received_at", "received_at"),
         Index("ix_tasks_finished_at", "finished_at"),
         Index("ix_tasks_tenant_received", "tenant", "received_at"),
+        # The scheduler's (migration 0003): the dispatch order inside a tenant, ...
+        Index("ix_tasks_pick", "kafka_topic", text("coalesce(tenant, '')"),
+              text("sonic_rank(received_at, priority)"),
+              postgresql_where=text("status = 'received'")),
+        Index("ix_tasks_key_seq", "ordering_key", "seq",
+              postgresql_where=text(f"ordering_key IS NOT NULL AND status NOT IN ({FINAL_VALUES})")),
+        Index("ix_tasks_waiting", "received_at", postgresql_where=text("status = 'waiting'")),
+        Index("ix_tasks_deadline", "deadline", postgresql_where=text(
+            "deadline IS NOT NULL AND status IN ('received', 'waiting', 'queued')")),
+        Index("ix_tasks_inflight_stage", "kafka_topic", "stage",
+              postgresql_where=text("status IN ('queued', 'running')")),
+        Index("ix_tasks_owed_callback", "finished_at", postgresql_where=text(
+            "callback_status IS NULL AND (status IN ('cancelled', 'expired') OR error_code IN "
+            "('dependency.failed', 'dependency.unknown', 'dependency.cycle'))")),
         Index(
             "ix_tasks_error_code",
             "error_code",
@@ -147,3 +165,40 @@ class BrokerEpoch(Base):
     run_id: Mapped[str] = mapped_column(String(64), nullable=False)
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(),
                                               nullable=False)
+
+
+class TaskDependency(Base):
+    """One ``depends_on`` entry of a job: ``task_id`` waits for ``depends_on``."""
+
+    __tablename__ = "task_dependencies"
+
+    task_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True)
+    depends_on: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+    __table_args__ = (Index("ix_task_dependencies_depends_on", "depends_on"),)
+
+
+class Tenant(Base):
+    """A tenant's share of a topic's fleet and its live counts (kept by triggers, migration 0003):
+    ``runnable`` jobs (``received``), ``waiting`` ones and ``inflight`` ones (``queued`` or
+    ``running``). The dispatcher serves the tenant with the least in flight per weight."""
+
+    __tablename__ = "tenants"
+
+    #: The task topic the counts are for ('' for jobs with none); one dispatcher each.
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, server_default="1", nullable=False)
+    runnable: Mapped[int] = mapped_column(Integer, server_default="0", nullable=False)
+    waiting: Mapped[int] = mapped_column(Integer, server_default="0", nullable=False)
+    inflight: Mapped[int] = mapped_column(Integer, server_default="0", nullable=False)
+    picked_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("'-infinity'"), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("weight > 0", name="tenants_weight_positive"),
+        # The tenant to serve next: least in flight per weight, then the longest unserved.
+        Index("ix_tenants_pick", "topic", text("(inflight / weight)"), "picked_at",
+              postgresql_where=text("runnable > 0")),
+    )

@@ -1,9 +1,10 @@
 """Task status as a string enum with an order: a late event never moves a task backwards.
 
     received -> waiting -> queued -> running -> completed | failed | rejected | cancelled
+                                                  | expired
 
 ``rejected`` is for messages that never became jobs (bad input at the door); ``failed`` for
-jobs that ran and failed. The four final states share the highest rank: once final, a task
+jobs that ran and failed. The five final states share the highest rank: once final, a task
 stays final.
 """
 
@@ -21,6 +22,7 @@ class Status(str, enum.Enum):
     FAILED = "failed"
     REJECTED = "rejected"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  #: past its deadline before it started (never dispatched nor run)
 
     @property
     def final(self) -> bool:
@@ -36,6 +38,7 @@ RANK: dict[Status, int] = {
     Status.FAILED: 100,
     Status.REJECTED: 100,
     Status.CANCELLED: 100,
+    Status.EXPIRED: 100,
 }
 
 FINAL: frozenset[Status] = frozenset(s for s, r in RANK.items() if r == 100)
