@@ -8,6 +8,7 @@
     sonic-pipeline submit --image I --audio A [--callback-url U] [--task-id T]
     sonic-pipeline show TASK_ID             a task's row and its events
     sonic-pipeline housekeeping [--older-than S] [--dry-run]   sweep finished jobs' work dirs
+    sonic-pipeline render --image I --audio A -o OUT.mp4 [knobs]   one job in this process
 
 Exit codes: 0 ok, 2 usage, 3 configuration error, 4 a service cannot be reached,
 1 anything else.
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     house.add_argument("--older-than", type=float, metavar="S",
                        help="seconds untouched (default SONIC_WORKDIR_RETENTION_S)")
     house.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    commands.add_render_arguments(sub.add_parser(
+        "render", help="render one job in this process: no Kafka, Redis or PostgreSQL"))
     return parser
 
 
@@ -64,6 +67,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "submit": commands.submit,
         "show": commands.show,
         "housekeeping": commands.housekeeping,
+        "render": commands.render,
     }
     return handlers[args.verb](args, settings)
 

@@ -136,3 +136,56 @@ def housekeeping(args: argparse.Namespace, settings: Settings) -> int:
         db_engine.dispose()
     print(json.dumps({"removed": [str(p) for p in removed], "dry_run": args.dry_run}))
     return 0
+
+
+#: ``render``'s knobs: flag -> the job message's ``config`` field (same names, same checks).
+RENDER_KNOBS = ("min_resolution", "inference_steps", "dynamic_scale", "motion_scale",
+                "expand_ratio", "seed")
+
+
+def _json_value(text: str) -> object:
+    """A knob as the job message would carry it: a JSON number when it reads as one, else the
+    text (so ``--seed x`` or ``--inference-steps 2.5`` get the message's own codes)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", required=True, help="portrait: a local file, or a URL")
+    parser.add_argument("--audio", required=True, help="speech: a local file, or a URL")
+    parser.add_argument("-o", "--output", required=True, help="the MP4 to write")
+    parser.add_argument("--engine", help="engine name (default SONIC_DEFAULT_ENGINE)")
+    for knob in RENDER_KNOBS:
+        parser.add_argument("--" + knob.replace("_", "-"), type=_json_value, metavar="N")
+    parser.add_argument("--work-dir", help="where the stages work (default: a temporary dir)")
+
+
+def render(args: argparse.Namespace, settings: Settings) -> int:
+    """One job through preprocess, gpu and encode in this process (no Kafka, Redis or
+    PostgreSQL); a progress bar on a terminal; prints a JSON summary."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.stages.local import render_local
+
+    config = {knob: getattr(args, knob) for knob in RENDER_KNOBS}
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("{task.description:<12}"), BarColumn(),
+                   TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                   console=console, transient=True, disable=not console.is_terminal)
+    job = bar.add_task("preprocess", total=100)
+    with bar:
+        summary = render_local(
+            settings, args.image, args.audio, Path(args.output).expanduser().absolute(),
+            config=config, engine=args.engine,
+            work_dir=Path(args.work_dir) if args.work_dir else None,
+            on_progress=lambda stage, percent: bar.update(job, description=stage,
+                                                          completed=percent),
+            on_event=lambda name, detail: console.print(f"{name}: {json.dumps(detail)}"))
+    print(json.dumps(summary))
+    return 0
+
