@@ -6,6 +6,9 @@
         deliver(callback_url, payload, msg_id, settings, attempt)
     except CallbackRetry as exc:                      # retry after retry_delay(attempt, ...)
         ...                                           # until should_give_up(...)
+
+Flow control per destination (a rate limit and a circuit breaker shared through Redis) is
+:mod:`.flow`, not imported here: ``flow_for(settings).send(host, lambda: deliver(...))``.
 """
 
 from __future__ import annotations
