@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -14,6 +13,7 @@ from kafka import KafkaConsumer
 from sqlalchemy import text
 
 from tests.bridge.conftest import Case
+from tests.support.server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,12 +53,6 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     assert case.redis.hlen(f"sonic:dispatching:{case.topic}") == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _metric(port: int, name: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
@@ -66,7 +60,7 @@ def _metric(port: int, name: str) -> float:
 
 
 def test_backpressure_keeps_the_backlog_in_kafka_then_drains(make_case) -> None:
-    port = _free_port()
+    port = free_port()
     case: Case = make_case(partitions=8, inflight_max=500, inflight_low=400, metrics_port=port)
     total = 20_000
     case.produce(case.jobs([f"{case.prefix}-{i:06d}" for i in range(total)]))

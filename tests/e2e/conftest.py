@@ -25,7 +25,7 @@ from pipeline.chains import dispatch_one, make_app
 from pipeline.commands import worker_argv
 from pipeline.settings import Settings, load
 from tests.pipeline.media.helpers import PORTRAIT, speak
-from tests.pipeline.storage.conftest import free_port
+from tests.support.server import free_port
 from tests.support.receiver import CallbackReceiver
 
 #: Redis database of the e2e workers (the suite's other tests use others).

@@ -25,7 +25,7 @@ from pipeline.epoch import RedisEpoch
 from pipeline.reconcile import sweep
 from tests.e2e.conftest import Stack
 from tests.e2e.test_recovery import _objects
-from tests.pipeline.storage.conftest import free_port
+from tests.support.server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

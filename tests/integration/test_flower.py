@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from pipeline.settings import Settings
-from tests.pipeline.storage.conftest import free_port
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.integration
 

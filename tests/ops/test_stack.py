@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from pipeline.settings import load
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +31,6 @@ RUNNING = re.compile(r"^(\w+)\s+running\s+pid (\d+)", re.M)
 def stack(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "ops" / "stack.py"), *args], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,21 +48,9 @@ class _Handler(QuietHandler):
 
 class FileServer(LoopbackServer):
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
-        super().__init__(_Handler)
+        super().__init__(_Handler, tls)
         self.routes: dict[str, Route] = {}
         self.hosts: list[str] = []
-        #: TLS server names (SNI) clients sent.
-        self.server_names: list[str | None] = []
-        self.scheme = "http"
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*tls)
-            context.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-            self.scheme = "https"
-
-    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def add(self, path: str, body: bytes, *, status: int = 200, length: bool = True,
             declare: int | None = None, headers: dict[str, str] | None = None) -> str:

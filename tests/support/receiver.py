@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,23 +65,11 @@ class _Handler(QuietHandler):
 class CallbackReceiver(LoopbackServer):
     def __init__(self, secret: str, script: list[Reply] | None = None,
                  tls: tuple[Path, Path] | None = None) -> None:
-        super().__init__(_Handler)
+        super().__init__(_Handler, tls)
         self.secret = secret
         self.script = list(script or [])
         self.requests: list[Received] = []
         self._lock = threading.Lock()
-        #: TLS server names (SNI) clients sent, when serving ``tls=(cert, key)``.
-        self.server_names: list[str | None] = []
-        self.scheme = "http"
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*tls)
-            context.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-            self.scheme = "https"
-
-    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def record(self, received: Received) -> Reply:
         """Keep the request; the next scripted reply, or 200 once the script is spent."""

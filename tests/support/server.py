@@ -1,11 +1,22 @@
-"""A threaded ``http.server`` on 127.0.0.1, an ephemeral port, started and stopped by ``with``."""
+"""A threaded ``http.server`` on 127.0.0.1, an ephemeral port, started and stopped by ``with``;
+and :func:`free_port` for servers the tests start themselves."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class _Server(ThreadingHTTPServer):
@@ -15,17 +26,28 @@ class _Server(ThreadingHTTPServer):
 
 
 class LoopbackServer:
-    """Serve ``handler`` on 127.0.0.1:<free port> in a daemon thread."""
+    """Serve ``handler`` on 127.0.0.1:<free port> in a daemon thread; HTTPS with
+    ``tls=(cert, key)``, recording the server names (SNI) clients sent."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(self, handler: type[BaseHTTPRequestHandler],
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.httpd = _Server(("127.0.0.1", 0), handler)
         self.httpd.owner = self
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
                                         daemon=True)
+        #: TLS server names (SNI) clients sent.
+        self.server_names: list[str | None] = []
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            context.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def start(self) -> Self:
         self._thread.start()

@@ -13,37 +13,15 @@ from pipeline.settings import Settings
 from pipeline.stages.runner import StageContext, StageOutcome, run_stage
 from pipeline.state import leases
 from pipeline.state.db import make_db_engine
-from tests.pipeline.storage.conftest import free_port
+from tests.pipeline.stages.conftest import task_events, task_row
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def task_id(db_engine: Engine, unique: str) -> str:
-    tid = f"dbfault-{unique}"
-    with db_engine.begin() as conn:
-        conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
-                          "VALUES (:t, 'queued', 'preprocess', '{}')"), {"t": tid})
-    return tid
-
-
-@pytest.fixture
-def fast(stack: Settings, tmp_path) -> Settings:
-    return stack.model_copy(update={"heartbeat_interval_s": 1, "lease_ttl_s": 30,
-                                    "work_dir": tmp_path, "max_attempts": 2,
-                                    "db_retry_s": 1.0})
-
-
-def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
-    with db_engine.connect() as conn:
-        return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
-                                 {"t": task_id}).mappings().one())
-
-
-def _events(db_engine: Engine, task_id: str) -> list[str]:
-    with db_engine.connect() as conn:
-        return [r[0] for r in conn.execute(text(
-            "SELECT event FROM task_events WHERE task_id = :t ORDER BY id"), {"t": task_id})]
+def fast(fast: Settings) -> Settings:
+    return fast.model_copy(update={"db_retry_s": 1.0})
 
 
 def _ok(ctx: StageContext) -> dict[str, Any]:
@@ -84,17 +62,17 @@ def test_a_database_error_inside_the_stage_keeps_the_lease_for_the_retry(
 
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert first.outcome is StageOutcome.RETRY and first.error.code == "database.unavailable"
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert row["lease_owner"] == first.owner and row["status"] == "running"
     # Another copy of the message (a redelivery) still finds the lease held.
     assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is StageOutcome.SKIP
     # The retry carries the token: it takes its lease back, without a new attempt.
     second = run_stage(fast, db_engine, task_id, "preprocess", stage, owner=first.owner)
     assert second.outcome is StageOutcome.CONTINUE
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["stage"], row["lease_owner"]) == ("gpu", None)
     assert runs == [first.owner, first.owner]
-    assert _events(db_engine, task_id) == ["started", "skipped", "started", "succeeded"]
+    assert task_events(db_engine, task_id) == ["started", "skipped", "started", "succeeded"]
 
 
 def test_a_failed_advance_is_retried_in_place(fast: Settings, db_engine: Engine,
@@ -110,7 +88,7 @@ def test_a_failed_advance_is_retried_in_place(fast: Settings, db_engine: Engine,
     monkeypatch.setattr(leases, "advance", flaky)
     result = run_stage(fast, db_engine, task_id, "preprocess", _ok)
     assert result.outcome is StageOutcome.CONTINUE and len(calls) == 3
-    assert _row(db_engine, task_id)["stage"] == "gpu"
+    assert task_row(db_engine, task_id)["stage"] == "gpu"
 
 
 def test_an_advance_that_committed_but_raised_continues_the_chain(
@@ -134,7 +112,7 @@ def test_an_advance_that_committed_but_raised_continues_the_chain(
     assert again.outcome is StageOutcome.CONTINUE and runs == [1]
     # A plain duplicate (no token) still stops.
     assert run_stage(fast, db_engine, task_id, "preprocess", stage).outcome is StageOutcome.SKIP
-    assert _events(db_engine, task_id)[-2:] == ["resumed", "skipped"]
+    assert task_events(db_engine, task_id)[-2:] == ["resumed", "skipped"]
 
 
 def test_a_failure_whose_finish_committed_but_raised_still_sends_the_callback(
@@ -157,7 +135,7 @@ def test_a_failure_whose_finish_committed_but_raised_still_sends_the_callback(
     monkeypatch.setattr(journal, "finish", real)
     again = run_stage(fast, db_engine, task_id, "preprocess", stage, owner=first.owner)
     assert again.outcome is StageOutcome.FAILED  # the glue sends the callback
-    assert _row(db_engine, task_id)["error_code"] == "audio.silent"
+    assert task_row(db_engine, task_id)["error_code"] == "audio.silent"
 
 
 def test_reacquiring_with_the_same_token_is_not_a_new_attempt(db_engine: Engine,
@@ -176,7 +154,7 @@ def test_a_hand_off_is_an_expired_lease_on_the_owed_stage(db_engine: Engine,
     lease = leases.acquire(db_engine, task_id, "preprocess", "token-1", 30)
     assert isinstance(lease, leases.Lease) and leases.advance(db_engine, lease, "gpu")
     assert leases.hand_off(db_engine, task_id, "gpu", "token-1")
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["lease_owner"], row["lease_stage"]) == ("handoff:token-1", "gpu")
     with db_engine.connect() as conn:
         assert conn.execute(text("SELECT lease_expires_at <= now() FROM tasks "

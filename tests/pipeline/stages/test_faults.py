@@ -15,36 +15,9 @@ from pipeline import faults
 from pipeline.errors import CODES
 from pipeline.settings import Settings
 from pipeline.stages.runner import StageContext, StageOutcome, run_stage
+from tests.pipeline.stages.conftest import task_events, task_row
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def task_id(db_engine: Engine, unique: str) -> str:
-    tid = f"faults-{unique}"
-    with db_engine.begin() as conn:
-        conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
-                          "VALUES (:t, 'queued', 'preprocess', '{}')"), {"t": tid})
-    return tid
-
-
-@pytest.fixture
-def fast(stack: Settings, tmp_path) -> Settings:
-    return stack.model_copy(update={"heartbeat_interval_s": 1, "lease_ttl_s": 30,
-                                    "work_dir": tmp_path, "max_attempts": 2})
-
-
-def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
-    with db_engine.connect() as conn:
-        return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
-                                 {"t": task_id}).mappings().one())
-
-
-def _events(db_engine: Engine, task_id: str) -> list[tuple[str, dict[str, Any]]]:
-    with db_engine.connect() as conn:
-        return [(r.event, r.detail) for r in conn.execute(text(
-            "SELECT event, detail FROM task_events WHERE task_id = :t ORDER BY id"),
-            {"t": task_id})]
 
 
 def _float_none() -> None:
@@ -120,11 +93,11 @@ def test_an_unexpected_exception_fails_the_job_at_once_with_a_code(
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert result.outcome is StageOutcome.FAILED and result.error.code == code
     assert code in CODES
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("failed", code)
     assert row["lease_owner"] is None and row["finished_at"] is not None
     assert kind in row["error_message"]
-    event, detail = _events(db_engine, task_id)[-1]
+    event, detail = task_events(db_engine, task_id, "event", "detail")[-1]
     assert event == "failed" and detail["code"] == code and detail["exception"] == kind
     assert "Traceback (most recent call last)" in detail["traceback"]
     assert raise_it.__name__ in detail["traceback"]
@@ -161,12 +134,12 @@ def test_a_recoverable_exception_is_retried_then_fails_after_the_cap(
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert first.outcome is StageOutcome.RETRY and first.error.code == code
     assert first.owner is None  # released: the retry takes a fresh lease
-    assert _row(db_engine, task_id)["lease_owner"] is None
+    assert task_row(db_engine, task_id)["lease_owner"] is None
     second = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert second.outcome is StageOutcome.FAILED and second.error.code == code  # max_attempts=2
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["lease_owner"]) == ("failed", code, None)
-    assert [e for e, _ in _events(db_engine, task_id)] == [
+    assert [e for e, _ in task_events(db_engine, task_id, "event", "detail")] == [
         "started", "retrying", "started", "failed"]
 
 
@@ -196,7 +169,7 @@ def test_a_job_failed_for_good_leaves_no_work_dir(fast: Settings, db_engine: Eng
     outcomes = [run_stage(fast, db_engine, task_id, "preprocess", stage).outcome
                 for _ in range(2)]
     assert StageOutcome.FAILED in outcomes
-    assert _row(db_engine, task_id)["status"] == "failed"
+    assert task_row(db_engine, task_id)["status"] == "failed"
     assert not (fast.work_dir / task_id).exists()
 
 
@@ -212,7 +185,7 @@ def test_a_crash_in_the_callback_stage_never_fails_a_finished_job(
 
     result = run_stage(fast, db_engine, task_id, "callback", stage, max_attempts=10**6)
     assert result.outcome is StageOutcome.FAILED and result.error.code == "internal.error"
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["callback_status"], row["lease_owner"]) == (
         "completed", None, "failed", None)
     # Settled: a redelivered callback stage sends nothing.

@@ -18,7 +18,7 @@ from pipeline.reconcile import sweep
 from pipeline.settings import Settings
 from pipeline.stages import glue
 from pipeline.stages.runner import StageContext
-from tests.pipeline.storage.conftest import free_port
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,36 +14,9 @@ from pipeline.settings import Settings
 from pipeline.stages.runner import StageContext, StageOutcome, run_stage
 from pipeline.state import journal, leases
 from pipeline.state.status import Status
+from tests.pipeline.stages.conftest import task_events, task_row
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def task_id(db_engine: Engine, unique: str) -> str:
-    tid = f"runner-{unique}"
-    with db_engine.begin() as conn:
-        conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
-                          "VALUES (:t, 'queued', 'preprocess', '{}')"), {"t": tid})
-    return tid
-
-
-@pytest.fixture
-def fast(stack: Settings, tmp_path) -> Settings:
-    return stack.model_copy(update={"heartbeat_interval_s": 1, "lease_ttl_s": 30,
-                                    "work_dir": tmp_path, "max_attempts": 2})
-
-
-def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
-    with db_engine.connect() as conn:
-        return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
-                                 {"t": task_id}).mappings().one())
-
-
-def _events(db_engine: Engine, task_id: str) -> list[tuple[str, str]]:
-    with db_engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(text(
-            "SELECT stage, event FROM task_events WHERE task_id = :t ORDER BY id"),
-            {"t": task_id})]
 
 
 def test_one_live_lease_per_stage(db_engine: Engine, task_id: str) -> None:
@@ -60,7 +33,7 @@ def test_one_live_lease_per_stage(db_engine: Engine, task_id: str) -> None:
     # The zombie's late outcome is discarded.
     assert leases.advance(db_engine, first, "gpu") is False
     assert leases.advance(db_engine, second, "gpu") is True
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["stage"], row["lease_owner"], row["attempts"]) == ("gpu", None, 0)
     # The finished stage is never claimed again.
     assert leases.acquire(db_engine, task_id, "preprocess", "w3", 30) is leases.Claim.DONE
@@ -75,14 +48,14 @@ def test_success_advances_and_records_events(fast: Settings, db_engine: Engine,
 
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert result.outcome is StageOutcome.CONTINUE
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["stage"], row["lease_owner"]) == ("running", "gpu", None)
-    assert _events(db_engine, task_id) == [("preprocess", "started"),
+    assert task_events(db_engine, task_id, "stage", "event") == [("preprocess", "started"),
                                            ("preprocess", "succeeded")]
     # A duplicate delivery of the same stage does nothing and stops its chain copy.
     again = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert again.outcome is StageOutcome.SKIP
-    assert _events(db_engine, task_id)[-1] == ("preprocess", "skipped")
+    assert task_events(db_engine, task_id, "stage", "event")[-1] == ("preprocess", "skipped")
 
 
 def test_permanent_error_fails_at_once_with_its_code(fast: Settings, db_engine: Engine,
@@ -95,7 +68,7 @@ def test_permanent_error_fails_at_once_with_its_code(fast: Settings, db_engine: 
 
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert result.outcome is StageOutcome.FAILED and result.error.code == "audio.undecodable"
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("failed", "audio.undecodable")
     assert row["finished_at"] is not None and row["lease_owner"] is None
     # No retry storm: a redelivery of the failed stage does not run it again.
@@ -111,18 +84,18 @@ def test_recoverable_error_retries_then_fails_after_the_cap(fast: Settings,
 
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert first.outcome is StageOutcome.RETRY and first.delay_s >= 0
-    assert _row(db_engine, task_id)["lease_owner"] is None  # released for the retry
+    assert task_row(db_engine, task_id)["lease_owner"] is None  # released for the retry
     second = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert second.outcome is StageOutcome.FAILED  # max_attempts=2
-    assert _row(db_engine, task_id)["error_code"] == "storage.unavailable"
-    assert [e for _, e in _events(db_engine, task_id)] == [
+    assert task_row(db_engine, task_id)["error_code"] == "storage.unavailable"
+    assert [e for _, e in task_events(db_engine, task_id, "stage", "event")] == [
         "started", "retrying", "started", "failed"]
 
 
 def test_a_late_event_never_moves_a_task_backwards(db_engine: Engine, task_id: str) -> None:
     assert journal.finish(db_engine, task_id, Status.COMPLETED)
     assert not journal.finish(db_engine, task_id, Status.FAILED, error_code="x.late")
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("completed", None)
 
 
@@ -149,8 +122,8 @@ def test_lost_lease_stops_the_stage_between_batches(fast: Settings, db_engine: E
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
     thief.join()
     assert result.outcome is StageOutcome.SKIP
-    assert _events(db_engine, task_id)[-1] == ("preprocess", "lease_lost")
-    assert _row(db_engine, task_id)["lease_owner"] == "thief"
+    assert task_events(db_engine, task_id, "stage", "event")[-1] == ("preprocess", "lease_lost")
+    assert task_row(db_engine, task_id)["lease_owner"] == "thief"
 
 
 def test_progress_is_written_while_the_stage_runs(fast: Settings, db_engine: Engine,
@@ -160,7 +133,7 @@ def test_progress_is_written_while_the_stage_runs(fast: Settings, db_engine: Eng
     def stage(ctx: StageContext) -> dict[str, Any]:
         ctx.progress(42)
         time.sleep(1.6)  # more than one heartbeat interval
-        seen.append(_row(db_engine, task_id)["progress"])
+        seen.append(task_row(db_engine, task_id)["progress"])
         return {}
 
     assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.CONTINUE
@@ -182,7 +155,7 @@ def test_a_passed_deadline_is_noticed_between_batches(fast: Settings, db_engine:
 
     result = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert result.outcome is StageOutcome.FAILED and batches == []
-    assert _row(db_engine, task_id)["error_code"] == "task.deadline"
+    assert task_row(db_engine, task_id)["error_code"] == "task.deadline"
 
 
 def test_a_cancelled_task_stops_at_the_next_heartbeat(fast: Settings, db_engine: Engine,
@@ -197,5 +170,5 @@ def test_a_cancelled_task_stops_at_the_next_heartbeat(fast: Settings, db_engine:
         raise AssertionError("the cancel was never noticed")
 
     assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.SKIP
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("cancelled", "task.cancelled")

@@ -14,6 +14,7 @@ from pipeline.settings import Settings
 from pipeline.stages.runner import StageContext, StageOutcome, run_stage
 from pipeline.state import journal
 from pipeline.state.status import Status
+from tests.pipeline.stages.conftest import insert_task, task_events, task_row
 
 pytestmark = pytest.mark.integration
 
@@ -23,29 +24,12 @@ BEAT = 1
 
 @pytest.fixture
 def task_id(db_engine: Engine, unique: str) -> str:
-    tid = f"watchdog-{unique}"
-    with db_engine.begin() as conn:
-        conn.execute(text("INSERT INTO tasks (task_id, status, stage, payload) "
-                          "VALUES (:t, 'queued', 'gpu', '{}')"), {"t": tid})
-    return tid
+    return insert_task(db_engine, f"watchdog-{unique}", stage="gpu")
 
 
 @pytest.fixture
-def fast(stack: Settings, tmp_path) -> Settings:
-    return stack.model_copy(update={"heartbeat_interval_s": BEAT, "lease_ttl_s": 30,
-                                    "work_dir": tmp_path, "max_attempts": 2})
-
-
-def _row(db_engine: Engine, task_id: str) -> dict[str, Any]:
-    with db_engine.connect() as conn:
-        return dict(conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
-                                 {"t": task_id}).mappings().one())
-
-
-def _events(db_engine: Engine, task_id: str) -> list[str]:
-    with db_engine.connect() as conn:
-        return [r[0] for r in conn.execute(text(
-            "SELECT event FROM task_events WHERE task_id = :t ORDER BY id"), {"t": task_id})]
+def fast(fast: Settings) -> Settings:
+    return fast.model_copy(update={"heartbeat_interval_s": BEAT})
 
 
 def _busy(seconds: float) -> None:
@@ -99,8 +83,8 @@ def test_a_lost_lease_stops_work_that_never_polls(fast: Settings, db_engine: Eng
     assert result.outcome is StageOutcome.SKIP
     # Within one heartbeat of the theft, plus one "batch" for a blocking call.
     assert stopped - when[0] < BEAT + 0.5 + 0.5, stopped - when[0]
-    assert _events(db_engine, task_id)[-1] == "lease_lost"
-    assert _row(db_engine, task_id)["lease_owner"] == "thief"
+    assert task_events(db_engine, task_id)[-1] == "lease_lost"
+    assert task_row(db_engine, task_id)["lease_owner"] == "thief"
 
 
 def test_a_cancel_stops_the_work_and_drops_the_lease(fast: Settings, db_engine: Engine,
@@ -114,10 +98,10 @@ def test_a_cancel_stops_the_work_and_drops_the_lease(fast: Settings, db_engine: 
     begun = time.monotonic()
     assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.SKIP
     assert time.monotonic() - begun < BEAT + 1.0
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["lease_owner"]) == (
         "cancelled", "task.cancelled", None)
-    assert _events(db_engine, task_id)[-1] == "cancelled"
+    assert task_events(db_engine, task_id)[-1] == "cancelled"
 
 
 @pytest.mark.parametrize("polls", [True, False])
@@ -136,7 +120,7 @@ def test_a_spent_budget_fails_the_stage_with_stage_timeout(fast: Settings, db_en
     took = time.monotonic() - begun
     assert result.outcome is StageOutcome.FAILED and result.error.code == "stage.timeout"
     assert 1.5 <= took < 1.5 + 0.5, took
-    row = _row(db_engine, task_id)
+    row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"], row["lease_owner"]) == (
         "failed", "stage.timeout", None)
     assert "budget of 2 s" in row["error_message"] or "budget of 1 s" in row["error_message"]
@@ -156,7 +140,7 @@ def test_a_passed_deadline_stops_work_that_never_polls(fast: Settings, db_engine
     result = run_stage(fast, db_engine, task_id, "gpu", stage)
     assert result.outcome is StageOutcome.FAILED and result.error.code == "task.deadline"
     assert time.monotonic() - begun < 1 + BEAT + 0.5
-    assert _row(db_engine, task_id)["error_code"] == "task.deadline"
+    assert task_row(db_engine, task_id)["error_code"] == "task.deadline"
 
 
 def test_work_that_ends_in_time_is_never_interrupted_afterwards(
@@ -169,4 +153,4 @@ def test_work_that_ends_in_time_is_never_interrupted_afterwards(
     assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.CONTINUE
     time.sleep(BEAT + 0.5)  # nothing is left pending for this thread
     _busy(0.2)
-    assert _row(db_engine, task_id)["stage"] == "encode"
+    assert task_row(db_engine, task_id)["stage"] == "encode"

@@ -5,7 +5,6 @@ The binary is the one ``ops/s3.py install`` puts in ``<state>/bin`` (built if mi
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +13,7 @@ import pytest
 from ops.s3 import MinIO, install_minio
 from pipeline.settings import Settings, load
 from pipeline.storage.s3 import S3Store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.server import free_port
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,9 @@ from pipeline.errors import CODES, PermanentError, StorageError
 from pipeline.settings import Settings
 from pipeline.storage import get_store
 from pipeline.storage.s3 import S3Store
+from tests.support.server import free_port
 
-from .conftest import free_port, write
+from .conftest import write
 
 
 def test_put_overwrite_exists_delete(store: S3Store, tmp_path: Path, unique: str) -> None:

@@ -10,8 +10,9 @@ from pipeline.errors import InputError, TransportError
 from pipeline.inputs import fetch_input
 from pipeline.settings import Settings
 from pipeline.storage.s3 import S3Store
+from tests.support.server import free_port
 
-from .conftest import free_port, write
+from .conftest import write
 
 
 def test_fetch_an_s3_input(store: S3Store, s3_settings: Settings, tmp_path: Path,
