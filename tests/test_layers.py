@@ -20,7 +20,7 @@ import its own group and the groups listed for it, nothing else of ours.
               pipeline.webhooks, pipeline.housekeeping,
               pipeline.reconcile, pipeline.epoch,
               pipeline.supervise, pipeline.chains,
-              pipeline.celery_config
+              pipeline.celery_config, pipeline.scheduler
     inputs    pipeline.inputs                                 base, storage
     media     pipeline.media                                  base
     storage   pipeline.storage                                base
@@ -48,18 +48,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "bridge", "tasks", "ops", "migrations")
 BOTTOM = ("inputs", "media", "storage", "state")
 
-#: Module prefix -> group (the longest matching prefix wins).
+#: Module prefix -> group (the longest matching prefix wins). ``pipeline`` itself (the
+#: package's ``__init__``) is matched exactly: a new module under pipeline/ gets no group
+#: until it is placed here.
 GROUPS: dict[str, str] = {
     "pipeline.cli": "entry", "pipeline.commands": "entry", "bridge.__main__": "entry",
     "ops": "entry", "migrations": "entry",
     "bridge": "bridge",
     "tasks": "tasks",
-    "pipeline": "app", "pipeline.celery": "app", "pipeline.worker_hooks": "app",
+    "pipeline.celery": "app", "pipeline.worker_hooks": "app",
     "pipeline.stages": "stages",
     "pipeline.engines": "domain", "pipeline.jobs": "domain", "pipeline.webhooks": "domain",
     "pipeline.housekeeping": "domain", "pipeline.reconcile": "domain",
     "pipeline.epoch": "domain", "pipeline.supervise": "domain", "pipeline.chains": "domain",
-    "pipeline.celery_config": "domain",
+    "pipeline.celery_config": "domain", "pipeline.scheduler": "domain",
     "pipeline.inputs": "inputs", "pipeline.media": "media", "pipeline.storage": "storage",
     "pipeline.state": "state",
     "pipeline.errors": "base", "pipeline.settings": "base", "pipeline.atomic": "base",
@@ -85,6 +87,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 def group_of(module: str) -> str | None:
     """The group of ``module`` (a dotted name of ours), None when it is not ours."""
+    if module == "pipeline":
+        return "app"
     parts = module.split(".")
     for end in range(len(parts), 0, -1):
         found = GROUPS.get(".".join(parts[:end]))
@@ -137,7 +141,10 @@ def violations(root: Path = ROOT) -> list[str]:
     for path in sources(root):
         importer = module_name(path, root)
         mine = group_of(importer)
-        assert mine is not None, f"{importer} has no group: add it to GROUPS"
+        if mine is None:
+            out.append(f"{path.relative_to(root)}: {importer} has no group: place it in "
+                       "GROUPS and the table in tests/test_layers.py's docstring")
+            continue
         for line, target in imports(path, root):
             theirs = group_of(target)
             if theirs is None or theirs == mine or theirs in ALLOWED[mine]:
@@ -154,7 +161,9 @@ def test_every_import_follows_the_layers() -> None:
 
 
 def test_every_module_has_a_group() -> None:
+    """A new module under pipeline/ is placed in :data:`GROUPS` (and this docstring)."""
     assert [module_name(p) for p in sources() if group_of(module_name(p)) is None] == []
+    assert group_of("pipeline.not_placed_yet") is None
 
 
 def test_the_table_is_acyclic() -> None:
