@@ -5,7 +5,8 @@
 A portrait (tests/data/astronaut.jpg, public domain) and speech synthesized by espeak-ng
 are published to Kafka in the seed article's message shape; the bridge admits the job,
 the worker pools run the chain, the MP4 lands in the object store, and a signed callback
-reaches a receiver started here. Prints where the MP4 is; exits non-zero on failure.
+reaches a receiver started here (the tests' ``CallbackReceiver``, which checks the
+signature). Prints where the MP4 is; exits non-zero on failure.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,35 +32,12 @@ from pipeline.celery_config import POOLS  # noqa: E402
 from pipeline.commands import worker_argv  # noqa: E402
 from pipeline.settings import Settings, load  # noqa: E402
 from pipeline.state.db import make_db_engine  # noqa: E402
-from pipeline.webhooks import verify  # noqa: E402
+from tests.support.receiver import CallbackReceiver  # noqa: E402 - the tests' receiver
 
 PORTRAIT = ROOT / "tests" / "data" / "astronaut.jpg"
 SPEECH = ("Hello! I am a talking portrait, rendered by the sonic pipeline. "
           "Kafka buffers the jobs, Postgres keeps the record, and Celery does the work.")
 TIMEOUT_S = 900
-
-
-class Receiver(BaseHTTPRequestHandler):
-    """Verifies each callback's Standard Webhooks signature and keeps the payload."""
-
-    received: list[dict[str, Any]] = []
-    secret = ""
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            payload = verify(self.secret, headers, body)
-            Receiver.received.append({"verified": True, "payload": payload})
-            self.send_response(200)
-        except Exception as exc:  # noqa: BLE001 - report, answer 400
-            Receiver.received.append({"verified": False, "error": str(exc)})
-            self.send_response(400)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def prepare_inputs(settings: Settings) -> tuple[Path, Path]:
@@ -119,10 +95,8 @@ def wait_final(settings: Settings, task_id: str) -> dict[str, Any]:
 def main() -> int:
     base = load()
     image, audio = prepare_inputs(base)
-    server = ThreadingHTTPServer((base.host, 0), Receiver)
-    Receiver.secret = base.webhook_secret.get_secret_value()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    callback_url = f"http://{base.host}:{server.server_address[1]}/sonic/callback"
+    receiver = CallbackReceiver(base.webhook_secret.get_secret_value()).start()
+    callback_url = receiver.url("/sonic/callback")
 
     overrides = {"SONIC_INPUT_ROOTS": str(image.parent),
                  "SONIC_ALLOW_PRIVATE_NETWORKS": "true",  # the receiver is on loopback
@@ -153,11 +127,11 @@ def main() -> int:
         row = wait_final(settings, task_id)
     finally:
         stop(procs)
-        server.shutdown()
-    return report(settings, row)
+        receiver.stop()
+    return report(settings, row, receiver)
 
 
-def report(settings: Settings, row: dict[str, Any]) -> int:
+def report(settings: Settings, row: dict[str, Any], receiver: CallbackReceiver) -> int:
     print(f"demo: {row['task_id']} {row['status']}", flush=True)
     if row["status"] != "completed":
         print(f"demo: error {row['error_code']}: {row['error_message']}")
@@ -173,12 +147,12 @@ def report(settings: Settings, row: dict[str, Any]) -> int:
     print(f"demo: video  {path}")
     print(f"demo: url    {row['result_url']}")
     print(f"demo: ffprobe {streams}, {float(probe['format']['duration']):.2f}s")
-    hook = Receiver.received[-1] if Receiver.received else {}
-    print(f"demo: callback {row['callback_status']}, signature verified: "
-          f"{hook.get('verified', False)}")
-    if hook.get("payload"):
-        print(f"demo: timings {json.dumps(hook['payload']['timings'])}")
-    return 0 if hook.get("verified") else 1
+    hook = receiver.requests[-1] if receiver.requests else None
+    verified = hook is not None and hook.verified
+    print(f"demo: callback {row['callback_status']}, signature verified: {verified}")
+    if verified and hook.payload:
+        print(f"demo: timings {json.dumps(hook.payload['timings'])}")
+    return 0 if verified else 1
 
 
 if __name__ == "__main__":
