@@ -239,7 +239,7 @@ def test_the_destination_is_scheme_host_and_port() -> None:
 
 
 def test_without_redis_the_flow_steps_aside_and_delivers() -> None:
-    from tests.pipeline.storage.conftest import free_port
+    from tests.support.server import free_port
 
     flow = build(load(redis_port=free_port()))  # nothing listens there
     receiver = Receiver()

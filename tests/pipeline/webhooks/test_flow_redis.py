@@ -22,7 +22,7 @@ from pipeline.inputs.urls import check_callback_url
 from pipeline.settings import Settings, load
 from pipeline.webhooks import build_payload, deliver, message_id
 from pipeline.webhooks.flow import PREFIX, FlowControl, build, destination
-from tests.pipeline.storage.conftest import free_port
+from tests.support.server import free_port
 from tests.support.receiver import CallbackReceiver, Received, Reply
 from tests.support.trickle import TrickleServer
 
