@@ -65,6 +65,8 @@ WHERE task_id = :task_id
        OR stage IS NULL)
   AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :owner)
   AND (status NOT IN ({_FINAL}) OR :stage = 'callback')
+  -- A job past its deadline never starts (the dispatcher expires it); one under way goes on.
+  AND NOT (:stage = 'preprocess' AND started_at IS NULL AND coalesce(deadline < now(), false))
 RETURNING *
 """)
 

@@ -153,9 +153,22 @@ def test_a_passed_deadline_is_noticed_between_batches(fast: Settings, db_engine:
             batches.append(batch)
         return {}
 
-    result = run_stage(fast, db_engine, task_id, "preprocess", stage)
+    # A stage after the first: a job under way is stopped at its deadline.
+    result = run_stage(fast, db_engine, task_id, "gpu", stage)
     assert result.outcome is StageOutcome.FAILED and batches == []
     assert task_row(db_engine, task_id)["error_code"] == "task.deadline"
+
+
+def test_a_job_past_its_deadline_never_starts(fast: Settings, db_engine: Engine,
+                                             task_id: str) -> None:
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET deadline = now() - interval '1 s' "
+                          "WHERE task_id = :t"), {"t": task_id})
+    ran = []
+    result = run_stage(fast, db_engine, task_id, "preprocess", lambda ctx: ran.append(1) or {})
+    assert result.outcome is StageOutcome.SKIP and ran == []
+    row = task_row(db_engine, task_id)
+    assert row["started_at"] is None and row["lease_owner"] is None  # the dispatcher expires it
 
 
 def test_a_cancelled_task_stops_at_the_next_heartbeat(fast: Settings, db_engine: Engine,

@@ -1,0 +1,156 @@
+"""The dispatcher: one loop per topic that moves runnable jobs from PostgreSQL into the
+Celery window while it has room.
+
+    hold the topic's advisory lock (others stand by, trying every second)
+    every second: upkeep (expire, release, dependency.unknown, owed callbacks)
+    room = window - jobs dispatched and not yet past the gpu stage
+    while room: pick one job (one statement), publish its chain, commit
+
+The pick and the publish share one transaction: a publish that fails rolls the pick back
+(the job stays runnable); a commit that fails after the publish leaves a chain whose
+stages find the job not theirs to run, or run it once (stage leases). Service errors are
+logged and retried after a back-off; the loop never dies of them.
+
+It runs beside the bridge's consumer loop (``python -m bridge`` starts it on a thread of
+its own), so admission and dispatch never wait for each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from sqlalchemy import Connection, Engine, text
+
+from pipeline.scheduler import metrics, pick, upkeep
+
+log = logging.getLogger(__name__)
+
+#: ``publish(task_id, priority, first_stage)``: send a chain from that stage.
+Publish = Callable[[str, int, str], None]
+
+_LOCK = text("SELECT pg_try_advisory_lock(hashtext(:key))")
+_UNLOCK = text("SELECT pg_advisory_unlock(hashtext(:key))")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class Dispatcher:
+    """Fill ``window`` for ``topic`` from the backlog (see the module docstring)."""
+
+    def __init__(self, db_engine: Engine, topic: str, publish: Publish, *, window: int,
+                 tenant_cap: int, dependency_wait_s: float, idle_s: float = 0.1,
+                 weights: dict[str, float] | None = None, upkeep_s: float = 1.0,
+                 errors: tuple[type[BaseException], ...] = (Exception,)) -> None:
+        self.db, self.topic, self.publish = db_engine, topic, publish
+        self.window, self.tenant_cap = window, tenant_cap
+        self.dependency_wait_s, self.idle_s, self.upkeep_s = dependency_wait_s, idle_s, upkeep_s
+        self.weights = weights or {}
+        self.errors = errors
+        self.key = f"sonic-dispatch:{topic}"
+        self.active = False  #: holds the topic's lock
+        self._lock_conn: Connection | None = None
+        self._next_upkeep = 0.0
+        self._resume_at: datetime = _EPOCH
+        self._backoff = 0.0
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set; then release the lock."""
+        try:
+            while not stop.is_set():
+                try:
+                    if not self._hold():
+                        stop.wait(1.0)
+                        continue
+                    busy = self.once()
+                    self._backoff = 0.0
+                except self.errors as exc:
+                    self._drop_lock()
+                    self._backoff = min(5.0, max(0.2, self._backoff * 2))
+                    log.warning("dispatcher: %s; retrying in %.1f s",
+                                (str(exc).splitlines() or [""])[0], self._backoff)
+                    stop.wait(self._backoff)
+                    continue
+                if not busy:
+                    stop.wait(self.idle_s)
+        finally:
+            self._drop_lock()
+
+    def once(self) -> int:
+        """One pass: upkeep when due, then fill the window. Returns the jobs dispatched."""
+        now = time.monotonic()
+        if now >= self._next_upkeep:
+            self.upkeep()
+            self._next_upkeep = time.monotonic() + self.upkeep_s
+        with self.db.connect() as conn:
+            room = self.window - pick.ahead_of_gpu(conn, self.topic)
+        sent = 0
+        while room > 0:
+            with self.db.begin() as conn:
+                started = time.perf_counter()
+                job = pick.pick(conn, self.topic, self.tenant_cap)
+                metrics.PICK_SECONDS.labels(self.topic).observe(time.perf_counter() - started)
+                if job is None:
+                    break
+                self.publish(job.task_id, job.priority, "preprocess")
+            sent += 1
+            room -= 1
+        if sent:
+            metrics.DISPATCHED.labels(self.topic).inc(sent)
+        return sent
+
+    def upkeep(self) -> None:
+        """Expire, release, fail unknown dependencies, publish owed callbacks; metrics."""
+        with self.db.begin() as conn:
+            expired = upkeep.expire(conn, self.topic)
+            released, unknown, nxt = upkeep.resolve(conn, self.topic, self._resume_at,
+                                                    self.dependency_wait_s)
+            self._resume_at = nxt or _EPOCH
+            owed = upkeep.owed_callbacks(conn, self.topic)
+            for task_id, priority in owed:
+                self.publish(task_id, priority, "callback")
+            metrics.BACKLOG.labels(self.topic).set(pick.backlog(conn, self.topic))
+        metrics.EXPIRED.labels(self.topic).inc(len(expired))
+        if expired or released or unknown or owed:
+            log.info("dispatcher: %d expired, %d released, %d failed on unknown "
+                     "dependencies, %d callbacks sent", len(expired), len(released),
+                     len(unknown), len(owed))
+
+    # --- the lock ---------------------------------------------------------------------
+    def _hold(self) -> bool:
+        """True while this dispatcher holds the topic's session lock (taken if free)."""
+        if self._lock_conn is not None:
+            self._lock_conn.execute(text("SELECT 1"))  # a dead connection lost the lock
+            return True
+        conn = self.db.connect()
+        try:
+            got = bool(conn.execute(_LOCK, {"key": self.key}).scalar())
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return False
+        self._lock_conn, self.active = conn, True
+        metrics.ACTIVE.labels(self.topic).set(1)
+        log.info("dispatcher: active for %s (window %d)", self.topic, self.window)
+        with self.db.begin() as tx:
+            pick.set_weights(tx, self.topic, self.weights)
+        return True
+
+    def _drop_lock(self) -> None:
+        conn, self._lock_conn, self.active = self._lock_conn, None, False
+        if conn is None:
+            return
+        metrics.ACTIVE.labels(self.topic).set(0)
+        try:
+            conn.execute(_UNLOCK, {"key": self.key})
+            conn.commit()
+        except Exception:  # noqa: BLE001 - closing the session frees the lock anyway
+            pass
+        finally:
+            conn.close()
