@@ -9,6 +9,7 @@
     sonic-pipeline show TASK_ID             a task's row and its events
     sonic-pipeline housekeeping [--older-than S] [--dry-run]   sweep finished jobs' work dirs
     sonic-pipeline render --image I --audio A -o OUT.mp4 [knobs]   one job in this process
+    sonic-pipeline credentials [--enable KEY_ID]   the remote engine's key pool
 
 Exit codes: 0 ok, 2 usage, 3 configuration error, 4 a service cannot be reached,
 1 anything else.
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     house.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     commands.add_render_arguments(sub.add_parser(
         "render", help="render one job in this process: no Kafka, Redis or PostgreSQL"))
+    creds = sub.add_parser("credentials", help="the remote engine's credential pool")
+    creds.add_argument("--enable", metavar="KEY_ID", help="re-enable a disabled key")
     return parser
 
 
@@ -68,6 +71,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "show": commands.show,
         "housekeeping": commands.housekeeping,
         "render": commands.render,
+        "credentials": commands.credentials,
     }
     return handlers[args.verb](args, settings)
 

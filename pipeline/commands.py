@@ -189,3 +189,14 @@ def render(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(summary))
     return 0
 
+
+def credentials(args: argparse.Namespace, settings: Settings) -> int:
+    """The remote engine's key pool as JSON: each key's id (never the key), state (ready,
+    cooling, disabled), cool-down left, calls in flight and counts; ``--enable`` re-enables."""
+    from pipeline.engines.credentials import pool_for
+
+    pool = pool_for(settings)
+    if args.enable:
+        pool.enable(args.enable)
+    print(json.dumps(pool.snapshot(), indent=2))
+    return 0

@@ -188,6 +188,24 @@ class Settings(BaseSettings):
     #: Frames rendered per batch; 0 picks per device (4 on CPU, where larger batches
     #: measured slower, 16 on CUDA).
     engine_batch_frames: int = 0
+    #: The ``remote`` engine: an HTTP inference service (``{url}/v1/render``; README)...
+    remote_url: str | None = None
+    #: ...called with these API keys (``k1,k2`` or a JSON list of ``{"key", "weight",
+    #: "rate"}``; pipeline/engines/credentials/keys.py), a pool shared in Redis...
+    remote_keys: SecretStr | None = None
+    #: ...each key within these limits unless it names its own (``limits`` notation)...
+    remote_rate: str = "5/second;120/minute"
+    #: ...picked by this strategy...
+    remote_strategy: Literal["least_loaded", "round_robin", "weighted"] = "least_loaded"
+    #: ...with at most this many calls in flight over every key and worker...
+    remote_max_concurrent: int = Field(50, ge=1)
+    #: ...a key answered 429/5xx (or no answer) cooling down from min, doubling per fault,
+    #: to max seconds (never shorter than its Retry-After)...
+    remote_cooldown_min_s: float = Field(1.0, gt=0)
+    remote_cooldown_max_s: float = Field(300.0, gt=0)
+    #: ...one call's deadline, seconds, and the largest answer accepted, bytes.
+    remote_timeout_s: float = Field(600.0, gt=0)
+    remote_max_response_bytes: int = Field(4 * 1024**3, gt=0)
 
     # --- object storage -----------------------------------------------------------------------
     storage_backend: Literal["local", "s3"] = "local"
