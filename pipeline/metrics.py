@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,18 @@ log = logging.getLogger(__name__)
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 10800)
 
 
-@lru_cache(maxsize=1)
+#: Threads may use the metrics first at the same moment (the remote engine's calls): the
+#: objects are made under this lock, once (a second registration would raise).
+_made = threading.Lock()
+
+
 def _metrics() -> dict[str, Any]:
+    with _made:
+        return _make_metrics()
+
+
+@lru_cache(maxsize=1)
+def _make_metrics() -> dict[str, Any]:
     from prometheus_client import Counter, Gauge, Histogram
 
     return {
@@ -38,6 +49,17 @@ def _metrics() -> dict[str, Any]:
         "paused": Counter("sonic_webhook_paused_total", "Callbacks delayed without a request, "
                           "by destination and reason (breaker_open, rate_limited)",
                           ["host", "reason"]),
+        # The remote engine per API key (its id, never the key): calls by result (ok,
+        # throttled, server_error, transport, unauthorized, rejected; the success rate is
+        # ok over all), latency, state (0 ready, 1 cooling, 2 disabled); jobs that waited.
+        "remote_calls": Counter("sonic_remote_calls_total", "Remote engine calls by key and "
+                                "result", ["key", "result"]),
+        "remote_seconds": Histogram("sonic_remote_call_seconds", "Seconds a remote engine "
+                                    "call took, by key", ["key"], buckets=BUCKETS),
+        "remote_key": Gauge("sonic_remote_key_state", "Remote engine key: 0 ready, "
+                            "1 cooling, 2 disabled", ["key"], multiprocess_mode="mostrecent"),
+        "remote_waits": Counter("sonic_remote_waits_total", "Jobs that waited for a remote "
+                                "credential, by reason (cooling, rate, capacity)", ["reason"]),
     }
 
 
@@ -55,6 +77,19 @@ def set_breaker_state(host: str, value: int) -> None:
 
 def count_paused(host: str, reason: str) -> None:
     _metrics()["paused"].labels(host, reason).inc()
+
+
+def observe_remote_call(key: str, result: str, seconds: float) -> None:
+    _metrics()["remote_calls"].labels(key, result).inc()
+    _metrics()["remote_seconds"].labels(key).observe(seconds)
+
+
+def set_remote_key_state(key: str, value: int) -> None:
+    _metrics()["remote_key"].labels(key).set(value)
+
+
+def count_remote_wait(reason: str) -> None:
+    _metrics()["remote_waits"].labels(reason).inc()
 
 
 def serve_worker_metrics(directory: Path, port: int, host: str) -> bool:

@@ -20,6 +20,8 @@ __all__ = ["ENGINES", "Engine", "RenderRequest", "RenderResult", "get_engine", "
 ENGINES: dict[str, str] = {
     "builtin": "pipeline.engines.builtin:BuiltinEngine",
     "sonic": "pipeline.engines.sonic:SonicEngine",
+    # An HTTP inference service through the shared key pool (pipeline/engines/remote.py).
+    "remote": "pipeline.engines.remote:RemoteEngine",
 }
 
 _loaded: dict[str, Engine] = {}
