@@ -28,7 +28,7 @@ import its own group and the groups listed for it, nothing else of ours.
     base      pipeline.errors, pipeline.settings,             (nothing of ours)
               pipeline.atomic, pipeline.job_ids,
               pipeline.job_limits, pipeline.metrics,
-              pipeline.faults
+              pipeline.faults, pipeline.per_process
 
 ``bottom`` is inputs, media, storage and state. So the bridge never imports a stage,
 the Celery app or a task module (nor torch through them); the CLI is an entry point
@@ -64,7 +64,7 @@ GROUPS: dict[str, str] = {
     "pipeline.celery_config": "domain", "pipeline.scheduler": "domain",
     "pipeline.inputs": "inputs", "pipeline.media": "media", "pipeline.storage": "storage",
     "pipeline.state": "state",
-    "pipeline.errors": "base", "pipeline.settings": "base", "pipeline.atomic": "base",
+    "pipeline.errors": "base", "pipeline.settings": "base", "pipeline.atomic": "base", "pipeline.per_process": "base",
     "pipeline.job_ids": "base", "pipeline.job_limits": "base", "pipeline.metrics": "base",
     "pipeline.faults": "base",
 }

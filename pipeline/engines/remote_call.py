@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
 from urllib3 import encode_multipart_formdata
 
 from pipeline.engines.base import RenderRequest
+from pipeline.webhooks.delivery import parse_retry_after
 
 from .credentials import Outcome
 
@@ -73,21 +73,7 @@ class Answer:
                 Outcome.REJECTED: "rejected"}[self.outcome]
 
     def retry_after_s(self) -> float:
-        return retry_after_s(self.headers.get("retry-after"))
-
-
-def retry_after_s(value: str | None, now: float | None = None) -> float:
-    """``Retry-After`` in seconds: delta-seconds or an HTTP date; 0 when absent or bad."""
-    if not value:
-        return 0.0
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return 0.0
-    return max(0.0, when - (time.time() if now is None else now))
+        return parse_retry_after(self.headers.get("retry-after")) or 0.0
 
 
 def build_body(job: RenderRequest) -> tuple[bytes, str]:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -33,6 +31,7 @@ from pybreaker import STATE_CLOSED, CircuitRedisStorage
 from pipeline import metrics
 from pipeline.errors import CallbackPaused
 from pipeline.inputs.urls import Ref
+from pipeline.per_process import PerProcess
 from pipeline.settings import Settings
 
 from .breaker import STATE_VALUES, HostBreakers, Refused
@@ -109,22 +108,16 @@ class FlowControl:
             pass  # the gauge keeps its last value
 
 
-_flows: dict[tuple[object, ...], FlowControl] = {}
-_lock = threading.Lock()
+_flows: PerProcess[FlowControl] = PerProcess()
 
 
 def flow_for(settings: Settings) -> FlowControl:
     """This process's flow control for ``settings`` (built once; a forked child builds
     its own, never reusing its parent's Redis connections)."""
-    key = (os.getpid(), settings.broker_url, settings.webhook_rate,
-           settings.webhook_breaker_failures, settings.webhook_breaker_open_s,
-           settings.webhook_breaker_trials, settings.webhook_timeout_s)
-    with _lock:
-        if key not in _flows:
-            for stale in [k for k in _flows if k[0] != key[0]]:
-                del _flows[stale]
-            _flows[key] = build(settings)
-        return _flows[key]
+    key = (settings.broker_url, settings.webhook_rate, settings.webhook_breaker_failures,
+           settings.webhook_breaker_open_s, settings.webhook_breaker_trials,
+           settings.webhook_timeout_s)
+    return _flows.get(key, lambda: build(settings))
 
 
 def build(settings: Settings) -> FlowControl:

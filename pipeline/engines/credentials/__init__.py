@@ -12,12 +12,11 @@ least used window), ``round_robin`` (the next usable key in turn) and ``weighted
 
 from __future__ import annotations
 
-import os
-import threading
 
 import redis
 
 from pipeline.errors import ConfigError
+from pipeline.per_process import PerProcess
 from pipeline.settings import Settings
 
 from .keys import KeySpec, Window, key_id, parse_keys
@@ -29,8 +28,7 @@ __all__ = ["CredentialPool", "Grant", "KeySpec", "Outcome", "PREFIX", "Refusal",
 #: Socket timeouts of the pool's Redis client (seconds): a hung Redis never holds a worker.
 REDIS_TIMEOUT_S = 2.0
 
-_pools: dict[tuple[object, ...], CredentialPool] = {}
-_lock = threading.Lock()
+_pools: PerProcess[CredentialPool] = PerProcess()
 
 
 def build_pool(settings: Settings, client: redis.Redis | None = None,
@@ -56,13 +54,8 @@ def build_pool(settings: Settings, client: redis.Redis | None = None,
 def pool_for(settings: Settings) -> CredentialPool:
     """This process's pool for ``settings`` (a forked child builds its own client)."""
     secret = settings.remote_keys.get_secret_value() if settings.remote_keys else ""
-    key = (os.getpid(), settings.broker_url, hash(secret), settings.remote_rate,
+    key = (settings.broker_url, hash(secret), settings.remote_rate,
            settings.remote_strategy, settings.remote_max_concurrent,
            settings.remote_cooldown_min_s, settings.remote_cooldown_max_s,
            settings.remote_timeout_s)
-    with _lock:
-        if key not in _pools:
-            for stale in [k for k in _pools if k[0] != key[0]]:
-                del _pools[stale]
-            _pools[key] = build_pool(settings)
-        return _pools[key]
+    return _pools.get(key, lambda: build_pool(settings))

@@ -47,7 +47,7 @@ def test_the_registry_keeps_one_warm_engine_per_name(tmp_path: Path) -> None:
     assert get_engine(None, settings) is first  # default_engine is builtin
     assert loaded_engines() == ["builtin"]
     reset_engines()
-    assert set(ENGINES) == {"builtin", "sonic"}
+    assert set(ENGINES) == {"builtin", "sonic", "remote"}
 
 
 def test_light_modules_do_not_import_torch() -> None:
