@@ -1,4 +1,6 @@
-"""Step 2: admit a batch in one Postgres transaction (jobs, rejects, events).
+"""Step 2: admit a batch in one Postgres transaction (jobs, rejects, events), each new job
+scheduled in the same transaction (:func:`pipeline.scheduler.settle.settle`: runnable,
+waiting for its ordering key or dependencies, or refused for a dependency cycle).
 
 A row Postgres refuses to store (a NUL or NaN inside the JSON, say) would fail the whole
 batch: the batch is then retried without it, and it becomes a rejection of its own.
@@ -15,6 +17,7 @@ import psycopg2
 from bridge.db import Postgres
 from bridge.decode import Decoded, Rejection
 from pipeline.errors import InvalidMessage
+from pipeline.scheduler.settle import settle
 from pipeline.state import admission
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,9 @@ class Admit:
     def _write(self, rows: list[tuple[Any, ...]], rejections: list[Rejection]) -> Any:
         rejects = [row for row in (r.row() for r in rejections) if row is not None]
         with self.db.transaction() as cur:
-            return admission.admit(cur, rows, rejects)
+            result = admission.admit(cur, rows, rejects)
+            settle(cur, result.new)
+            return result
 
     def _isolate(self, batch: Decoded) -> tuple[list[tuple[Any, ...]], list[Rejection]]:
         """Try each row alone (rolled back); keep the storable ones."""

@@ -1,8 +1,9 @@
 """Backpressure as a typed signal: how many records the next poll may take, or pause.
 
-In-flight is the number of this topic's tasks queued or running (Postgres is the truth,
-shared by every bridge). It is re-counted every ``refresh_s``; what this bridge
-dispatched since the last count is added meanwhile.
+The backlog is the number of this topic's admitted jobs not dispatched yet (runnable and
+waiting: Postgres is the truth, shared by every bridge, read from the per-tenant counts).
+It is re-counted every ``refresh_s``; what this bridge admitted since the last count is
+added meanwhile. Above its cap the partitions pause and the rest waits in Kafka.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ class Flow:
 
     paused: bool
     max_records: int
-    inflight: int
+    backlog: int
 
 
-class InFlight:
+class Backlog:
     def __init__(self, count: Callable[[], int], refresh_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._count = count
@@ -37,12 +38,13 @@ class InFlight:
             self._at = now
         return self._value
 
-    def add(self, dispatched: int) -> None:
-        self._value += dispatched
+    def add(self, admitted: int) -> None:
+        self._value += admitted
 
 
 class Backpressure:
-    """Pause at ``high`` in flight, resume below ``low``; cap polls at the headroom."""
+    """Pause at ``high`` jobs in the backlog, resume below ``low``; cap polls at the
+    headroom."""
 
     def __init__(self, high: int, low: int, batch_max: int) -> None:
         if not 0 <= low < high:
@@ -50,10 +52,10 @@ class Backpressure:
         self.high, self.low, self.batch_max = high, low, batch_max
         self.paused = False
 
-    def flow(self, inflight: int) -> Flow:
-        if self.paused and inflight < self.low:
+    def flow(self, backlog: int) -> Flow:
+        if self.paused and backlog < self.low:
             self.paused = False
-        elif not self.paused and inflight >= self.high:
+        elif not self.paused and backlog >= self.high:
             self.paused = True
-        headroom = max(1, min(self.batch_max, self.high - inflight))
-        return Flow(self.paused, headroom, inflight)
+        headroom = max(1, min(self.batch_max, self.high - backlog))
+        return Flow(self.paused, headroom, backlog)

@@ -1,15 +1,15 @@
 """The loop: poll, decode, hand the batch to the batch thread, commit the watermark.
 
-    flow = backpressure(in-flight)          pause / resume / how many records to take
+    flow = backpressure(backlog)            pause / resume / how many records to take
     records = poll(max_records)             the main thread owns the consumer
-    decode + invalid-ratio guard            here; then the batch thread admits (Postgres),
-                                            dead-letters (DLQ, acked), dispatches (Redis)
+    decode + invalid-ratio guard            here; then the batch thread admits (Postgres)
+                                            and dead-letters (DLQ, acked)
     outcomes -> watermark -> commit {tp: next offset} of the contiguous durable prefix
     every few seconds: reconcile, lag
 
 A failing step never loses a record: Postgres down rewinds the batch (seek back) and
-backs off; a DLQ produce failure rewinds its partition from that record; Redis down
-keeps the admitted jobs (durable, ``received``) to dispatch again, paused meanwhile.
+backs off; a DLQ produce failure rewinds its partition from that record. Admission never
+waits for Redis: the dispatcher moves admitted jobs into Celery on its own thread.
 
 A ``poll()`` that raises (a record the client cannot decode) never stops the loop: the
 undecodable step salvages the broken batch into an ordinary batch (its undecodable
@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 
 from bridge import metrics
-from bridge.backpressure import Backpressure, Flow, InFlight
+from bridge.backpressure import Backlog, Backpressure, Flow
 from bridge.batches import BatchThread
 from bridge.commit import Watermark
 from bridge.consumer import Rebalance
@@ -68,20 +68,18 @@ class Every:
 class Loop:
     def __init__(self, consumer: KafkaConsumer, rebalance: Rebalance,
                  decode: Callable[[list], Decoded],  # type: ignore[type-arg]
-                 guard: InvalidRatio, batches: BatchThread,
-                 undispatched: Callable[[], int], backpressure: Backpressure,
-                 inflight: InFlight, shutdown: Shutdown, poll_timeout_ms: int,
+                 guard: InvalidRatio, batches: BatchThread, backpressure: Backpressure,
+                 backlog: Backlog, shutdown: Shutdown, poll_timeout_ms: int,
                  periodic: list[Every], topic: str,
                  undecodable: Callable[[KafkaConsumer], list[tuple[Salvage, Decoded]]]
                  | None = None) -> None:
         self.consumer, self.rebalance = consumer, rebalance
         self.decode, self.guard, self.batches = decode, guard, batches
-        self.undispatched = undispatched
-        self.backpressure, self.inflight, self.shutdown = backpressure, inflight, shutdown
+        self.backpressure, self.backlog, self.shutdown = backpressure, backlog, shutdown
         self.poll_timeout_ms, self.periodic, self.topic = poll_timeout_ms, periodic, topic
         self.undecodable = undecodable
         self.watermark = Watermark()
-        self.submitted = 0  #: rows handed to the batch thread, not yet dispatched
+        self.submitted = 0  #: rows handed to the batch thread, not yet admitted
         self._backoff = 0.0
 
     def run(self) -> None:
@@ -106,9 +104,6 @@ class Loop:
             self.guard.observe(decoded.invalid)
             self.submitted += len(decoded.rows)
             self.batches.submit(decoded)
-        elif self.undispatched() and not self.batches.busy:
-            self.batches.submit(Decoded())  # dispatch again what Redis refused
-            self._sleep_backoff()
         self.collect(self.batches.outcomes())
         self.commit()
         for task in self.periodic:
@@ -162,7 +157,7 @@ class Loop:
     def collect(self, outcomes: list[BatchOutcome]) -> None:
         for out in outcomes:
             self.submitted -= len(out.batch.rows)
-            self.inflight.add(out.dispatched)
+            self.backlog.add(out.admitted_jobs)
             records = out.batch.records
             if not out.admitted:
                 self._rewind({(r.topic, r.partition) for r in records})
@@ -214,21 +209,21 @@ class Loop:
 
     def _flow(self) -> Flow:
         try:
-            inflight = self.inflight.value() + self.submitted
+            backlog = self.backlog.value() + self.submitted
         except TRANSIENT as exc:
-            log.warning("in-flight count failed (%s); pausing", exc)
-            inflight = self.backpressure.high
-        flow = self.backpressure.flow(inflight)
-        if self.undispatched():  # Redis or Postgres is down: take nothing new meanwhile
-            flow = Flow(True, 1, inflight)
-        metrics.INFLIGHT.labels(self.topic).set(inflight)
+            log.warning("backlog count failed (%s); pausing", exc)
+            backlog = self.backpressure.high
+        flow = self.backpressure.flow(backlog)
+        metrics.BACKLOG.labels(self.topic).set(backlog)
         paused = self.rebalance.paused
         if flow.paused and not paused:
             self.consumer.pause(*self.consumer.assignment())
-            log.info("pausing: %d in flight (max %d)", inflight, self.backpressure.high)
+            log.info("pausing: %d jobs in the backlog (max %d)", backlog,
+                     self.backpressure.high)
         elif not flow.paused and paused:
             self.consumer.resume(*self.consumer.paused())
-            log.info("resuming: %d in flight (low %d)", inflight, self.backpressure.low)
+            log.info("resuming: %d jobs in the backlog (low %d)", backlog,
+                     self.backpressure.low)
         self.rebalance.paused = flow.paused
         metrics.PAUSED.labels(self.topic).set(int(flow.paused))
         return flow

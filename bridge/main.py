@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
 from functools import partial
 
 from kafka import KafkaConsumer, KafkaProducer
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from bridge import kafka_pin, metrics
 from bridge.admit import Admit
-from bridge.backpressure import Backpressure, InFlight
+from bridge.backpressure import Backlog, Backpressure
 from bridge.batches import BatchThread
 from bridge.consumer import CHECK_CRCS, Rebalance, lag, make_consumer
 from bridge.db import Postgres
 from bridge.decode import DecodeStep
-from bridge.dispatch import Dispatch, RedisMarkers
 from bridge.dlq import DeadLetters
+from bridge.errors import TRANSIENT
 from bridge.guard import InvalidRatio, InvalidRatioExceeded
 from bridge.loop import Every, Loop
 from bridge.process import Process
@@ -35,6 +35,8 @@ from bridge.signals import Shutdown
 from bridge.undecodable import UndecodableStep
 from pipeline import chains, reconcile
 from pipeline.epoch import RedisEpoch
+from pipeline.scheduler.dispatcher import Dispatcher, Publish
+from pipeline.scheduler.pick import backlog
 from pipeline.errors import EXIT_OK, ConfigError, ServiceUnavailable
 from pipeline.settings import Settings
 
@@ -43,10 +45,6 @@ log = logging.getLogger("bridge")
 #: Too many invalid messages (the other exit codes are pipeline.errors').
 EXIT_INVALID_RATIO = 5
 
-#: In flight: chains in Celery (queued, running) and admitted ones being dispatched
-#: (received): together they bound what Redis holds. Scoped to the bridge's topic.
-_INFLIGHT = text("SELECT count(*) FROM tasks WHERE status IN ('received', 'queued', 'running') "
-                 "AND kafka_topic = :topic")
 
 
 def run(settings: Settings) -> int:
@@ -95,23 +93,19 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         consumer.subscribe([topic], listener=rebalance)
 
         app = chains.make_app(settings)
-        publisher = chains.ChainPublisher(app, client)
-        stack.callback(publisher.close)
+        publish = partial(chains.dispatch_one, app)
         db = Postgres(db_engine)
         stack.callback(db.close)
-        process = Process(Admit(db), DeadLetters(producer, settings.topic_dlq),
-                          Dispatch(publisher, client, db, topic), topic)
+        process = Process(Admit(db), DeadLetters(producer, settings.topic_dlq), topic)
         batches = BatchThread(process)
         stack.callback(batches.close)
+        stack.enter_context(_dispatching(settings, db_engine, publish))
         periodic = [
-            # The first sweep runs at once: jobs a dead bridge admitted but never
-            # dispatched (received before this one started) go out now.
+            # The first sweep runs at once: what a dead bridge left is seen to now.
             Every(settings.reconcile_interval_s, partial(
-                reconcile.sweep, db_engine, topic=topic,
-                requeue_after_s=settings.requeue_after_s, max_attempts=settings.max_attempts,
-                dispatch=lambda t, p, s: chains.dispatch_one(app, t, p, s),
-                markers=RedisMarkers(client, topic), stalled_after_s=settings.stalled_after_s,
-                callback_max_age_s=settings.webhook_max_age_s, since=_db_now(db_engine),
+                reconcile.sweep, db_engine, topic=topic, max_attempts=settings.max_attempts,
+                dispatch=publish, stalled_after_s=settings.stalled_after_s,
+                callback_max_age_s=settings.webhook_max_age_s,
                 broker=RedisEpoch(client, db_engine, topic)),
                 "reconciler", first_s=0.0),
             Every(settings.lag_interval_s,
@@ -125,22 +119,35 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         stack.callback(undecodable.close)
         loop = Loop(consumer, rebalance, decode,
                     InvalidRatio(settings.invalid_ratio_max, settings.invalid_window), batches,
-                    lambda: len(process.undispatched),
-                    Backpressure(settings.inflight_max, settings.inflight_low,
+                    Backpressure(settings.backlog_max, settings.backlog_low,
                                  settings.bridge_batch_max),
-                    InFlight(partial(_count_inflight, db_engine, topic),
-                             settings.inflight_refresh_s),
+                    Backlog(partial(_count_backlog, db_engine, topic),
+                            settings.inflight_refresh_s),
                     shutdown, settings.bridge_poll_timeout_ms, periodic, topic,
                     undecodable=undecodable)
         metrics.serve(settings.metrics_port)
         yield loop
 
 
-def _db_now(db_engine: Engine) -> datetime:
-    with db_engine.connect() as conn:
-        return conn.execute(text("SELECT now()")).scalar_one()
+@contextmanager
+def _dispatching(settings: Settings, db_engine: Engine, publish: Publish) -> Iterator[None]:
+    """The topic's dispatcher on a thread of its own, for as long as the bridge runs (one
+    bridge's dispatcher is active per topic; the others stand by on its lock)."""
+    dispatcher = Dispatcher(
+        db_engine, settings.topic_tasks, publish, window=settings.dispatch_window,
+        tenant_cap=settings.tenant_inflight_max, dependency_wait_s=settings.dependency_wait_s,
+        idle_s=settings.dispatch_idle_s, weights=settings.tenant_weights, errors=TRANSIENT)
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher",
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)  # a pick under way publishes and commits first
 
 
-def _count_inflight(db_engine: Engine, topic: str) -> int:
+def _count_backlog(db_engine: Engine, topic: str) -> int:
     with db_engine.connect() as conn:
-        return int(conn.execute(_INFLIGHT, {"topic": topic}).scalar_one())
+        return backlog(conn, topic)

@@ -11,9 +11,10 @@ log = logging.getLogger(__name__)
 LAG = Gauge("sonic_kafka_consumer_lag",
             "Records in this bridge's partitions not yet committed (end offset - committed)",
             ["topic"])
-INFLIGHT = Gauge("sonic_inflight", "Tasks of the topic queued or running in Celery", ["topic"])
+BACKLOG = Gauge("sonic_bridge_backlog", "Admitted jobs of the topic not dispatched yet, as "
+                "the bridge's backpressure sees them", ["topic"])
 PAUSED = Gauge("sonic_bridge_paused", "1 while the bridge pauses its partitions", ["topic"])
-ADMITTED = Counter("sonic_bridge_admitted_total", "Jobs admitted and dispatched", ["topic"])
+ADMITTED = Counter("sonic_bridge_admitted_total", "Jobs admitted into the backlog", ["topic"])
 DUPLICATES = Counter("sonic_bridge_duplicates_total",
                      "Messages whose task_id was already admitted", ["topic"])
 REJECTED = Counter("sonic_bridge_rejected_total", "Messages rejected to the DLQ", ["code"])

@@ -1,11 +1,11 @@
-"""Steps 2-4 of a batch, run on the batch thread: admit, dead-letter, dispatch.
+"""Steps 2-3 of a batch, run on the batch thread: admit, dead-letter.
 
-    admit (Postgres, one transaction) -> DLQ (acknowledged) -> dispatch (Redis, then queued)
+    admit (Postgres, one transaction: jobs scheduled as received or waiting) -> DLQ (acked)
 
 The :class:`BatchOutcome` tells the loop which records are durable. Postgres down: nothing of
 the batch is (the loop reads it again). A DLQ produce failure: that record and the rest
-of its partition are not. Redis down: the admitted jobs are durable (``received``) and
-kept here to dispatch again before anything new.
+of its partition are not. What runs next, and when, is the dispatcher's decision
+(:mod:`pipeline.scheduler.dispatcher`), not this step's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from bridge import metrics
 from bridge.admit import Admit
 from bridge.decode import Decoded
-from bridge.dispatch import Dispatch
 from bridge.dlq import DeadLetters
 from bridge.errors import TRANSIENT
 
@@ -28,16 +27,14 @@ class BatchOutcome:
     batch: Decoded
     admitted: bool = True  #: False: Postgres failed; nothing of the batch is durable
     failed: dict[tuple[str, int], int] = field(default_factory=dict)  #: first DLQ failure
-    dispatched: int = 0
+    admitted_jobs: int = 0  #: new jobs in the backlog
     error: str = ""
 
 
 class Process:
-    def __init__(self, admit: Admit, dead_letters: DeadLetters, dispatch: Dispatch,
-                 topic: str) -> None:
-        self.admit, self.dead_letters, self.dispatch = admit, dead_letters, dispatch
+    def __init__(self, admit: Admit, dead_letters: DeadLetters, topic: str) -> None:
+        self.admit, self.dead_letters = admit, dead_letters
         self.topic = topic
-        self.undispatched: list[tuple[str, int]] = []
 
     def __call__(self, batch: Decoded) -> BatchOutcome:
         out = BatchOutcome(batch)
@@ -48,9 +45,9 @@ class Process:
                 log.error("admit: Postgres failed (%s); the batch will be read again", exc)
                 return BatchOutcome(batch, admitted=False, error=str(exc))
             metrics.DUPLICATES.labels(self.topic).inc(admitted.duplicates)
+            metrics.ADMITTED.labels(self.topic).inc(len(admitted.new))
+            out.admitted_jobs = len(admitted.new)
             self._dead_letters(admitted.rejections, out)
-            self.undispatched.extend(admitted.new)
-        out.dispatched = self._dispatch()
         return out
 
     def _dead_letters(self, rejections: list, out: BatchOutcome) -> None:  # type: ignore[type-arg]
@@ -63,16 +60,3 @@ class Process:
             else:
                 where = (record.topic, record.partition)
                 out.failed[where] = min(out.failed.get(where, record.offset), record.offset)
-
-    def _dispatch(self) -> int:
-        jobs, self.undispatched = self.undispatched, []
-        if not jobs:
-            return 0
-        try:
-            self.dispatch(jobs)
-        except TRANSIENT as exc:
-            log.error("dispatch failed (%s); %d jobs stay received, retrying", exc, len(jobs))
-            self.undispatched = jobs + self.undispatched
-            return 0
-        metrics.ADMITTED.labels(self.topic).inc(len(jobs))
-        return len(jobs)

@@ -85,6 +85,8 @@ CODES: dict[str, str] = {
     "engine.failed": "the engine raised while rendering",
     "encode.failed": "ffmpeg failed to encode the video",
     "dependency.failed": "a job named in depends_on failed",
+    "dependency.unknown": "a depends_on id was never admitted within SONIC_DEPENDENCY_WAIT_S",
+    "dependency.cycle": "the job's depends_on leads back to itself; rejected at admission",
     "task.cancelled": "the job was cancelled",
     "task.deadline": "the job's deadline passed before it finished",
     "task.lost": "the job exhausted its attempts after workers died",

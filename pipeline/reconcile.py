@@ -2,10 +2,10 @@
 
 One sweep, in one transaction under an advisory lock (one bridge sweeps at a time):
 
-1. jobs ``received`` longer than ``requeue_after_s`` (admitted, never queued): if the
-   dispatch marker says their chain is already in Redis they are only marked
-   ``queued``; otherwise their chain is published again and they are marked.
-2. jobs ``running`` whose stage lease expired (the worker died), and finished jobs whose
+(Jobs admitted and not dispatched, ``received`` or ``waiting``, are the backlog: the
+dispatcher's, never the reconciler's.)
+
+1. jobs ``running`` whose stage lease expired (the worker died), and finished jobs whose
    callback stage's lease expired: the lease is cleared in
    an ``UPDATE ... WHERE lease_expires_at < now() RETURNING`` (an atomic claim: a live
    lease is never touched, so no second live copy starts) and the stage is published
@@ -13,7 +13,7 @@ One sweep, in one transaction under an advisory lock (one bridge sweeps at a tim
    is published. ``attempts`` already counts each claimed try (the lease acquire bumps
    it), so a lost try is not counted twice.
 
-3. jobs with no lease that made no progress for ``stalled_after_s`` (their Celery message
+2. jobs with no lease that made no progress for ``stalled_after_s`` (their Celery message
    vanished: Redis lost its data, a worker died holding a prefetched message): ``queued``
    or ``running`` between stages are published again from their current stage, finished
    jobs whose callback is not settled get their callback stage again. After Redis comes
@@ -22,7 +22,7 @@ One sweep, in one transaction under an advisory lock (one bridge sweeps at a tim
    harmless: the stage lease lets one copy run, the others skip. ``updated_at`` is bumped
    with each re-dispatch, so a job waiting its turn gets at most one extra copy per
    ``stalled_after_s``.
-4. a callback is never re-dispatched once its job finished more than ``callback_max_age_s``
+3. a callback is never re-dispatched once its job finished more than ``callback_max_age_s``
    ago (``SONIC_WEBHOOK_MAX_AGE_S``): ``callback_status`` becomes ``failed`` instead.
 
 The bridge runs sweeps from its consumer loop, which must keep polling to stay in its
@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
@@ -47,16 +46,6 @@ log = logging.getLogger(__name__)
 
 #: ``dispatch(task_id, priority, first_stage)`` publishes a chain from that stage.
 DispatchFn = Callable[[str, int, str], None]
-
-
-class Markers(Protocol):
-    """The dispatch markers: task ids whose chain is in Redis but maybe not marked queued."""
-
-    def pushed(self, task_ids: list[str]) -> set[str]: ...
-
-    def some(self, limit: int) -> list[str]: ...
-
-    def forget(self, task_ids: list[str]) -> None: ...
 
 
 class Broker(Protocol):
@@ -72,29 +61,9 @@ class Broker(Protocol):
         ...
 
 
-class NoMarkers:
-    def pushed(self, task_ids: list[str]) -> set[str]:
-        return set()
-
-    def some(self, limit: int) -> list[str]:
-        return []
-
-    def forget(self, task_ids: list[str]) -> None:
-        pass
-
 _LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext(:key))")
 LOCK_TIMEOUT = "2s"
 _LIMITS = text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-
-_STUCK = text("""
-SELECT task_id, priority FROM tasks
-WHERE status = 'received' AND kafka_topic = :topic
-  AND (received_at < now() - make_interval(secs => :after)
-       OR received_at < CAST(:since AS timestamptz))
-ORDER BY received_at LIMIT :limit FOR UPDATE SKIP LOCKED""")
-
-_STILL_RECEIVED = text("SELECT task_id FROM tasks WHERE task_id = ANY(:ids) "
-                       "AND status = 'received'")
 
 #: A stage is lost when its lease expired: a running job's stage, or the callback of a
 #: finished one (which never fails the job: it is only re-queued).
@@ -151,8 +120,6 @@ RETURNING t.task_id, t.priority, t.attempts,
 @dataclass
 class Sweep:
     locked: bool = True  #: False: another bridge holds the sweep lock
-    queued: list[str] = field(default_factory=list)  #: received -> queued, chain published
-    marked: list[str] = field(default_factory=list)  #: received -> queued, chain was there
     requeued: list[tuple[str, str]] = field(default_factory=list)  #: (task id, stage)
     lost: list[str] = field(default_factory=list)  #: failed with task.lost
     stalled: list[tuple[str, str]] = field(default_factory=list)  #: (task id, stage) re-sent
@@ -160,69 +127,36 @@ class Sweep:
     broker_restarted: bool = False  #: the broker's new epoch was handled in this sweep
 
 
-def sweep(db_engine: Engine, *, topic: str, requeue_after_s: float, max_attempts: int,
-          dispatch: DispatchFn, markers: Markers | None = None, limit: int = 500,
-          stalled_after_s: float | None = None, callback_max_age_s: float = 24 * 3600,
-          since: datetime | None = None, broker: Broker | None = None) -> Sweep:
+def sweep(db_engine: Engine, *, topic: str, max_attempts: int, dispatch: DispatchFn,
+          limit: int = 500, stalled_after_s: float | None = None,
+          callback_max_age_s: float = 24 * 3600, broker: Broker | None = None) -> Sweep:
     """One reconciler pass over ``topic``'s tasks (see the module docstring).
 
-    ``requeue_after_s``: age of a ``received`` job before it is dispatched again; also
-    any job received before ``since`` (the start of this bridge: its admitter died).
     ``stalled_after_s``: seconds without lease or progress before a job's stage is sent
-    again (None: step 3 runs only after a broker restart). ``callback_max_age_s``: seconds
+    again (None: step 2 runs only after a broker restart). ``callback_max_age_s``: seconds
     after a job finished when its callback is given up. Raises the driver's or the
     broker's errors (the caller logs them and tries at the next interval).
     """
-    markers = markers or NoMarkers()
     epoch = broker.restarted() if broker is not None else None
     with db_engine.begin() as conn:
         conn.execute(_LIMITS)
         if not conn.execute(_LOCK, {"key": f"sonic-reconcile:{topic}"}).scalar():
             return Sweep(locked=False)
         out = Sweep(broker_restarted=epoch is not None)
-        _never_queued(conn, out, topic, requeue_after_s, since, limit, dispatch, markers)
         _expired_leases(conn, out, topic, max_attempts, callback_max_age_s, limit, dispatch)
         more = False
         if epoch is not None or stalled_after_s is not None:
             after = 0.0 if epoch is not None else float(stalled_after_s or 0.0)
             more = _stalled(conn, out, topic, after, callback_max_age_s, limit,
                             dispatch) >= limit
-        # Markers of tasks no longer received (a bridge died before removing them).
-        some = markers.some(limit)
-        still = {r[0] for r in conn.execute(_STILL_RECEIVED, {"ids": some})} if some else set()
-    markers.forget(out.queued + out.marked + [t for t in some if t not in still])
     if epoch is not None and broker is not None and not more:
         broker.confirm(epoch)  # else the next sweep goes on with the rest
-    if (out.queued or out.marked or out.requeued or out.lost or out.stalled
-            or out.callbacks_expired):
-        log.warning("reconciler: %d re-dispatched, %d marked queued, %d stages re-queued, "
-                    "%d lost, %d stalled re-sent%s, %d callbacks given up", len(out.queued),
-                    len(out.marked), len(out.requeued), len(out.lost), len(out.stalled),
-                    " (the broker restarted)" if epoch is not None else "",
+    if out.requeued or out.lost or out.stalled or out.callbacks_expired:
+        log.warning("reconciler: %d stages re-queued, %d lost, %d stalled re-sent%s, "
+                    "%d callbacks given up", len(out.requeued), len(out.lost),
+                    len(out.stalled), " (the broker restarted)" if epoch is not None else "",
                     len(out.callbacks_expired))
     return out
-
-
-def _never_queued(conn: Connection, out: Sweep, topic: str, after: float,
-                  since: datetime | None, limit: int, dispatch: DispatchFn,
-                  markers: Markers) -> None:
-    rows = conn.execute(_STUCK, {"topic": topic, "after": after, "since": since,
-                                 "limit": limit}).all()
-    if not rows:
-        return
-    there = markers.pushed([r.task_id for r in rows])
-    for row in rows:
-        if row.task_id in there:
-            out.marked.append(row.task_id)
-        else:
-            dispatch(row.task_id, row.priority, "preprocess")
-            out.queued.append(row.task_id)
-    ids = out.queued + out.marked
-    with conn.connection.cursor() as cur:
-        bulk.mark_queued(cur, ids)
-    _events(conn, [EventRow(t, "preprocess", "requeued", 0,
-                            {"reason": "never_queued", "chain_was_pushed": t in there})
-                   for t in ids])
 
 
 def _expired_leases(conn: Connection, out: Sweep, topic: str, max_attempts: int,

@@ -87,16 +87,12 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: SecretStr = SecretStr("change-me")
 
-    # --- backpressure -------------------------------------------------------------------
-    #: Jobs queued or running in Celery at most; the bridge pauses Kafka above it.
-    inflight_max: int = 200
-    #: The bridge resumes its partitions below this.
-    inflight_low: int = 150
-
     # --- scheduler (the dispatcher: Postgres backlog -> Celery window) ------------------------
     #: Admitted jobs not yet dispatched (received + waiting) at most; above it the bridge
     #: pauses its partitions and the backlog stays in Kafka.
     backlog_max: int = 1_000_000
+    #: The bridge resumes its partitions below this.
+    backlog_low: int = 900_000
     #: gpu workers the fleet runs (slots), and jobs each may have dispatched ahead of its
     #: gpu (rendering, preprocessed and waiting, preprocessing): the dispatch window is
     #: their product, so a job chosen now reaches a gpu within about one render.
@@ -136,8 +132,6 @@ class Settings(BaseSettings):
     #: A stage's lease expires this long after its last heartbeat.
     lease_ttl_s: int = 120
     heartbeat_interval_s: int = 15
-    #: The reconciler re-dispatches tasks admitted but not queued after this long.
-    requeue_after_s: int = 60
     max_attempts: int = 3
     #: Seconds a stage retries its closing database writes in place (a PostgreSQL restart)
     #: before handing its message back to the broker for a retry with backoff.
@@ -288,8 +282,8 @@ class Settings(BaseSettings):
             object.__setattr__(self, "work_dir", self.state_dir / "work")
         if self.storage_dir is None:
             object.__setattr__(self, "storage_dir", self.state_dir / "objects")
-        if self.inflight_low >= self.inflight_max:
-            raise ValueError("SONIC_INFLIGHT_LOW must be below SONIC_INFLIGHT_MAX")
+        if self.backlog_low >= self.backlog_max:
+            raise ValueError("SONIC_BACKLOG_LOW must be below SONIC_BACKLOG_MAX")
         return self
 
     # --- derived ----------------------------------------------------------------------

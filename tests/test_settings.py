@@ -38,8 +38,8 @@ def test_work_dirs_follow_state_dir(tmp_path) -> None:
 
 
 def test_window_marks_must_be_ordered() -> None:
-    with pytest.raises(ValidationError, match="INFLIGHT_LOW"):
-        Settings(inflight_max=10, inflight_low=10)
+    with pytest.raises(ValidationError, match="BACKLOG_LOW"):
+        Settings(backlog_max=10, backlog_low=10)
 
 
 def test_bad_setting_is_one_line_and_exit_3() -> None:

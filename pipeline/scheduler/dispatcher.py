@@ -55,10 +55,13 @@ class Dispatcher:
         self._next_upkeep = 0.0
         self._resume_at: datetime = _EPOCH
         self._backoff = 0.0
+        self._stop = threading.Event()
 
     # --- the loop ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set; then release the lock."""
+        """Until ``stop`` is set (checked between two picks, never between a publish and
+        its commit); then release the lock."""
+        self._stop = stop
         try:
             while not stop.is_set():
                 try:
@@ -88,7 +91,7 @@ class Dispatcher:
         with self.db.connect() as conn:
             room = self.window - pick.ahead_of_gpu(conn, self.topic)
         sent = 0
-        while room > 0:
+        while room > 0 and not self._stop.is_set():
             with self.db.begin() as conn:
                 started = time.perf_counter()
                 job = pick.pick(conn, self.topic, self.tenant_cap)

@@ -12,7 +12,9 @@ never starved (``ix_tasks_pick``). A job past its deadline is never picked.
 
 The picked job becomes ``queued`` at the preprocess stage in the same statement (the
 triggers move it from the tenant's runnable count to its in-flight count); the caller
-publishes its chain before committing.
+publishes its chain before committing. The tenant row is read, not locked: one dispatcher
+per topic picks, and admission, which updates the same row's counts in its own
+transaction, must not make the pick skip the tenant.
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ from sqlalchemy import Connection, text
 PRIORITY_AGING_S = 60
 
 _PICK = text("""
-WITH tenant AS (
-    SELECT tenant FROM tenants
-    WHERE topic = :topic AND runnable > 0 AND inflight < :tenant_cap
-    ORDER BY inflight / weight, picked_at
-    LIMIT 1 FOR UPDATE SKIP LOCKED
-), job AS (
-    SELECT t.task_id FROM tasks t JOIN tenant ON coalesce(t.tenant, '') = tenant.tenant
+WITH job AS (
+    SELECT t.task_id FROM tasks t
     WHERE t.kafka_topic = :topic AND t.status = 'received'
+      AND coalesce(t.tenant, '') = (
+          SELECT tenant FROM tenants
+          WHERE topic = :topic AND runnable > 0 AND inflight < :tenant_cap
+          ORDER BY inflight / weight, picked_at LIMIT 1)
       AND (t.deadline IS NULL OR t.deadline > now())
     ORDER BY sonic_rank(t.received_at, t.priority)
     LIMIT 1 FOR UPDATE OF t SKIP LOCKED

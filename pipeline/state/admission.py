@@ -4,7 +4,6 @@
                                 INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING
                                 RETURNING, and an 'admitted' event per inserted row;
                                 rejects and 'duplicate'/'rejected' events multi-row
-    mark_queued(cur, ids)       received -> queued, once the chains are in Redis
 
 They take a psycopg2 cursor: the caller owns the transaction (commit = durable). COPY is
 about three times faster than a multi-row VALUES insert here (measured on 2 cores).
@@ -30,12 +29,15 @@ TASK_COLUMNS = ("task_id", "kafka_topic", "kafka_partition", "kafka_offset", "ka
                 "deadline", "payload", "config", "callback_url")
 _COLUMNS = ", ".join(TASK_COLUMNS)
 
+# Its own sequence for the seq column (INCLUDING IDENTITY), never copied into tasks.
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS admission_stage "
-          "(LIKE tasks INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+          "(LIKE tasks INCLUDING DEFAULTS INCLUDING IDENTITY) ON COMMIT DELETE ROWS")
 _COPY = f"COPY admission_stage ({_COLUMNS}) FROM STDIN"
 _INSERT_TASKS = f"""
 WITH new AS (
+    -- In offset order: tasks.seq, the admission order jobs of one ordering key run in.
     INSERT INTO tasks ({_COLUMNS}) SELECT {_COLUMNS} FROM admission_stage
+    ORDER BY kafka_partition, kafka_offset
     ON CONFLICT (task_id) DO NOTHING RETURNING task_id
 ), events AS (
     INSERT INTO task_events (task_id, event) SELECT task_id, 'admitted' FROM new
@@ -47,10 +49,6 @@ INSERT INTO tasks (task_id, kafka_topic, kafka_partition, kafka_offset, kafka_ke
                    error_code, error_message, finished_at)
 VALUES %s ON CONFLICT (task_id) DO NOTHING RETURNING task_id"""
 _REJECT_TEMPLATE = "(%s, %s, %s, %s, %s, 'rejected', %s, %s, now())"
-
-#: Losing this on a Postgres crash is harmless (the reconciler marks them again from the
-#: dispatch marker), so it does not wait for the WAL flush.
-_ASYNC_COMMIT = "SET LOCAL synchronous_commit TO off"
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -96,14 +94,6 @@ def admit(cur: Any, rows: Sequence[tuple[Any, ...]],
     bulk.insert_events(cur, [EventRow(t, None, "duplicate") for t in duplicates]
                        + [EventRow(t, None, "rejected", 0, d) for t, d in zip(rejected, details)])
     return AdmittedRows(admitted, duplicates, rejected)
-
-
-def mark_queued(cur: Any, task_ids: Sequence[str]) -> int:
-    """received -> queued for chains now in Redis; a task already further stays put."""
-    if not task_ids:
-        return 0
-    cur.execute(_ASYNC_COMMIT)
-    return bulk.mark_queued(cur, task_ids)
 
 
 def _rejects(cur: Any, rejects: Sequence[RejectRow]) -> tuple[list[str], list[str]]:

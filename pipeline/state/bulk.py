@@ -1,6 +1,5 @@
 """Multi-row writes shared by admission and the reconciler, on a psycopg2 cursor.
 
-    mark_queued(cur, ids)       received -> queued (a task already further stays put)
     insert_events(cur, events)  one multi-row INSERT INTO task_events
 
 The caller owns the transaction: a bridge's psycopg2 connection, or a SQLAlchemy
@@ -12,10 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
-
-_MARK_QUEUED = """
-UPDATE tasks SET status = 'queued', stage = 'preprocess', queued_at = now(), updated_at = now()
-WHERE task_id = ANY(%s) AND status = 'received'"""
 
 _INSERT_EVENTS = """
 INSERT INTO task_events (task_id, stage, event, attempt, detail)
@@ -30,14 +25,6 @@ class EventRow(NamedTuple):
     event: str
     attempt: int = 0
     detail: dict[str, Any] | str = "{}"
-
-
-def mark_queued(cur: Any, task_ids: Sequence[str]) -> int:
-    """received -> queued for ``task_ids``; the number of rows moved."""
-    if not task_ids:
-        return 0
-    cur.execute(_MARK_QUEUED, (list(task_ids),))
-    return int(cur.rowcount)
 
 
 def insert_events(cur: Any, events: Sequence[EventRow]) -> None:

@@ -58,10 +58,11 @@ class Case:
         s = self.settings
         return dict(os.environ, SONIC_TOPIC_TASKS=s.topic_tasks, SONIC_TOPIC_DLQ=s.topic_dlq,
                     SONIC_CONSUMER_GROUP=s.consumer_group, SONIC_REDIS_DB=str(s.redis_db),
-                    SONIC_INFLIGHT_MAX=str(s.inflight_max), SONIC_INFLIGHT_LOW=str(s.inflight_low),
+                    SONIC_BACKLOG_MAX=str(s.backlog_max), SONIC_BACKLOG_LOW=str(s.backlog_low),
+                    SONIC_GPU_SLOTS=str(s.gpu_slots), SONIC_DISPATCH_LEAD=str(s.dispatch_lead),
+                    SONIC_TENANT_INFLIGHT_MAX=str(s.tenant_inflight_max),
                     SONIC_METRICS_PORT=str(s.metrics_port),
-                    SONIC_MAX_MESSAGE_BYTES=str(s.max_message_bytes),
-                    SONIC_REQUEUE_AFTER_S=str(s.requeue_after_s))
+                    SONIC_MAX_MESSAGE_BYTES=str(s.max_message_bytes))
 
     @property
     def redis(self) -> redis.Redis:
@@ -243,7 +244,10 @@ def make_case(stack: Settings, db_engine: Engine, unique: str,
         admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(f"{topic}-dlq", 1, 1)])
         update = {"topic_tasks": topic, "topic_dlq": f"{topic}-dlq",
                   "consumer_group": f"{topic}-group", "metrics_port": 0,
-                  "redis_db": REDIS_DBS[next(_next_db) % len(REDIS_DBS)]}
+                  "redis_db": REDIS_DBS[next(_next_db) % len(REDIS_DBS)],
+                  # No workers here: a window as large as any test's run lets the
+                  # dispatcher send every admitted job (a test narrows it to test it).
+                  "gpu_slots": 100_000, "tenant_inflight_max": 1_000_000}
         update.update(overrides)
         case = Case(stack.model_copy(update=update), db_engine, f"{unique}{len(made)}", tmp_path)
         case.redis.flushdb()
@@ -258,6 +262,7 @@ def make_case(stack: Settings, db_engine: Engine, unique: str,
                 proc.wait()
         with db_engine.begin() as conn:
             conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": case.topic})
+            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": case.topic})
         case.redis.flushdb()
         admin.delete_topics([case.topic, case.settings.topic_dlq])
     admin.close()

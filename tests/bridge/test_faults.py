@@ -19,8 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
-    case: Case = make_case(partitions=8, requeue_after_s=1, inflight_max=100_000,
-                           inflight_low=90_000)
+    case: Case = make_case(partitions=8)
     ids = [f"{case.prefix}-{i:05d}" for i in range(5000)]
     case.produce(case.jobs(ids))
     rng = random.Random()
@@ -41,16 +40,18 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     assert kills >= 5, "admission outran the kills: every kill must land mid-admission"
 
     bridge = case.bridge("bridge", *overrides)
-    # Everything admitted, and the reconciler marks what a kill left between Redis and
-    # the queued mark (the dispatch marker says its chain is already there).
+    # Everything admitted once, and dispatched: what a kill left runnable goes out with
+    # the next bridge's dispatcher.
     case.wait(lambda: case.count("queued") == 5000 and case.lag() == 0, 120,
              "every job admitted and queued")
     assert case.stop(bridge) == 0
     assert case.count() == 5000
+    assert sum(case.events("admitted").values()) == 5000  # admitted exactly once each
     chains = case.chains()
     assert set(chains) == set(ids)  # none lost
-    assert max(chains.values()) == 1  # none dispatched twice
-    assert case.redis.hlen(f"sonic:dispatching:{case.topic}") == 0
+    # A kill between a pick's publish and its commit sends that job's chain again (at
+    # least once; the stage lease lets one copy run): at most one extra per kill.
+    assert sum(n - 1 for n in chains.values()) <= kills
 
 
 def _metric(port: int, name: str) -> float:
@@ -61,19 +62,24 @@ def _metric(port: int, name: str) -> float:
 
 def test_backpressure_keeps_the_backlog_in_kafka_then_drains(make_case) -> None:
     port = free_port()
-    case: Case = make_case(partitions=8, inflight_max=500, inflight_low=400, metrics_port=port)
-    total = 20_000
+    case: Case = make_case(partitions=8, backlog_max=500, backlog_low=400, gpu_slots=100,
+                           dispatch_lead=1, metrics_port=port)
+    total = 5_000
+    window = 100
     case.produce(case.jobs([f"{case.prefix}-{i:06d}" for i in range(total)]))
 
-    # Given no workers: the bridge fills the window and pauses.
+    # Given no workers: the dispatcher fills its window, the backlog fills up to its cap
+    # in Postgres, and the bridge pauses.
     bridge = case.bridge()
-    case.wait(lambda: case.count() >= 500, 60, "the window to fill")
-    time.sleep(6)  # a few in-flight recounts and one lag update later
-    assert case.count() <= 500
-    assert case.preprocess_depth() <= 500  # Redis holds at most the window
+    case.wait(lambda: case.count() >= 500 and case.count("queued") == window, 60,
+             "the window and the backlog to fill")
+    time.sleep(6)  # a few backlog recounts and one lag update later
+    assert case.count() <= 500 + 1000  # at most one batch past the cap
+    assert case.count("queued") == window
+    assert case.preprocess_depth() <= window  # Redis holds at most the window
     assert case.lag() == total - case.count()  # the rest waits in Kafka, as lag
-    assert _metric(port, "sonic_kafka_consumer_lag") >= total - 500
-    assert _metric(port, "sonic_inflight") >= 400
+    assert _metric(port, "sonic_kafka_consumer_lag") >= total - 2000
+    assert _metric(port, "sonic_bridge_backlog") >= 400
 
     # When a worker drains the queue, the bridge resumes and everything flows through.
     started = time.monotonic()
@@ -94,12 +100,12 @@ def test_backpressure_keeps_the_backlog_in_kafka_then_drains(make_case) -> None:
     watcher.join(timeout=5)
     assert case.stop(bridge) == 0
     assert case.stop(worker) == 0
-    assert peak[0] <= 500
+    assert peak[0] <= window
     assert case.count() == total
 
 
 def test_a_killed_member_s_partitions_are_taken_over(make_case) -> None:
-    case: Case = make_case(partitions=8, inflight_max=100_000, inflight_low=90_000)
+    case: Case = make_case(partitions=8)
     first = [f"{case.prefix}-a{i:05d}" for i in range(2000)]
     second = [f"{case.prefix}-b{i:05d}" for i in range(3000)]
     a = case.bridge("a")

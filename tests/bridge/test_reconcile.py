@@ -8,23 +8,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from pipeline import reconcile
-from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-class FakeMarkers(reconcile.NoMarkers):
-    def __init__(self, ids: set[str]) -> None:
-        self.ids = set(ids)
-
-    def pushed(self, task_ids: list[str]) -> set[str]:
-        return self.ids & set(task_ids)
-
-    def some(self, limit: int) -> list[str]:
-        return sorted(self.ids)[:limit]
-
-    def forget(self, task_ids: list[str]) -> None:
-        self.ids -= set(task_ids)
 
 
 @pytest.fixture
@@ -51,24 +36,6 @@ def row(db_engine: Engine, task_id: str) -> dict[str, object]:
                                  {"t": task_id}).mappings().one())
 
 
-def test_stuck_received_jobs_are_dispatched_or_only_marked(db_engine: Engine, topic: str,
-                                                           stack: Settings) -> None:
-    old = "now() - interval '1 hour'"
-    insert(db_engine, topic, f"{topic}-lost", received_at=old)
-    insert(db_engine, topic, f"{topic}-pushed", received_at=old)
-    insert(db_engine, topic, f"{topic}-fresh")  # admitted just now: not the reconciler's
-    markers = FakeMarkers({f"{topic}-pushed", f"{topic}-stale"})
-    sent: list[tuple[str, int, str]] = []
-    out = reconcile.sweep(db_engine, topic=topic, requeue_after_s=60, max_attempts=3,
-                          dispatch=lambda *a: sent.append(a), markers=markers)
-    assert sent == [(f"{topic}-lost", 4, "preprocess")]  # its chain was never pushed
-    assert out.marked == [f"{topic}-pushed"]  # its chain is in Redis: no second one
-    assert row(db_engine, f"{topic}-lost")["status"] == "queued"
-    assert row(db_engine, f"{topic}-pushed")["status"] == "queued"
-    assert row(db_engine, f"{topic}-fresh")["status"] == "received"
-    assert markers.ids == set()  # handled and stale markers are forgotten
-
-
 def test_expired_leases_are_requeued_and_exhausted_ones_fail(db_engine: Engine,
                                                               topic: str) -> None:
     expired = "now() - interval '1 minute'"
@@ -80,7 +47,7 @@ def test_expired_leases_are_requeued_and_exhausted_ones_fail(db_engine: Engine,
     insert(db_engine, topic, f"{topic}-alive", status="running", stage="gpu", lease_stage="gpu",
            lease_owner="w3", lease_expires_at=live, attempts=1)
     sent: list[tuple[str, int, str]] = []
-    out = reconcile.sweep(db_engine, topic=topic, requeue_after_s=60, max_attempts=3,
+    out = reconcile.sweep(db_engine, topic=topic, max_attempts=3,
                           dispatch=lambda *a: sent.append(a))
     assert sorted(sent) == [(f"{topic}-dead", 4, "gpu"), (f"{topic}-done-for", 4, "callback")]
     assert out.requeued == [(f"{topic}-dead", "gpu")] and out.lost == [f"{topic}-done-for"]
@@ -95,7 +62,7 @@ def test_expired_leases_are_requeued_and_exhausted_ones_fail(db_engine: Engine,
             {"p": f"{topic}-%"}).all()
     assert sorted(events) == [(f"{topic}-dead", "requeued"), (f"{topic}-done-for", "failed")]
     # A second sweep finds nothing: the claim was atomic.
-    again = reconcile.sweep(db_engine, topic=topic, requeue_after_s=60, max_attempts=3,
+    again = reconcile.sweep(db_engine, topic=topic, max_attempts=3,
                             dispatch=lambda *a: sent.append(a))
     assert not (again.requeued or again.lost) and len(sent) == 2
 
@@ -104,6 +71,6 @@ def test_one_bridge_sweeps_at_a_time(db_engine: Engine, topic: str) -> None:
     with db_engine.begin() as conn:
         assert conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"),
                             {"k": f"sonic-reconcile:{topic}"}).scalar()
-        out = reconcile.sweep(db_engine, topic=topic, requeue_after_s=60, max_attempts=3,
+        out = reconcile.sweep(db_engine, topic=topic, max_attempts=3,
                               dispatch=lambda *a: None)
     assert out.locked is False

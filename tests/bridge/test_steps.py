@@ -11,7 +11,7 @@ from kafka import TopicPartition
 from kafka.errors import CommitFailedError
 from kafka.consumer.fetcher import ConsumerRecord
 
-from bridge.backpressure import Backpressure, InFlight
+from bridge.backpressure import Backlog, Backpressure
 from bridge.commit import Watermark
 from bridge.consumer import Rebalance
 from bridge.loop import Every, Loop
@@ -140,15 +140,15 @@ class TestBackpressure:
         assert bp.flow(90).paused  # between low and high: stays paused
         assert not bp.flow(79).paused
 
-    def test_inflight_recounts_on_an_interval_and_adds_dispatched(self) -> None:
+    def test_backlog_recounts_on_an_interval_and_adds_admitted(self) -> None:
         now = [0.0]
         counts = iter([10, 3])
-        inflight = InFlight(lambda: next(counts), refresh_s=0.2, clock=lambda: now[0])
-        assert inflight.value() == 10
-        inflight.add(5)
-        assert inflight.value() == 15
+        backlog = Backlog(lambda: next(counts), refresh_s=0.2, clock=lambda: now[0])
+        assert backlog.value() == 10
+        backlog.add(5)
+        assert backlog.value() == 15
         now[0] = 0.3
-        assert inflight.value() == 3
+        assert backlog.value() == 3
 
 
 class TestInvalidRatio:

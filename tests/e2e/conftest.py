@@ -198,7 +198,7 @@ def reconciler(e2e: Stack) -> Iterator[list[Any]]:
     def loop() -> None:
         while not stop.wait(0.5):
             sweeps.append(sweep(
-                e2e.db_engine, topic=e2e.topic, requeue_after_s=30, max_attempts=4,
+                e2e.db_engine, topic=e2e.topic, max_attempts=4,
                 dispatch=lambda t, p, s: dispatch_one(e2e.app, t, p, s)))
 
     thread = threading.Thread(target=loop, daemon=True)

@@ -79,7 +79,7 @@ class PrivateStack:
         while not self._stop.wait(0.5):
             try:
                 self.sweeps.append(sweep(
-                    self.stack.db_engine, topic=self.stack.topic, requeue_after_s=30,
+                    self.stack.db_engine, topic=self.stack.topic,
                     max_attempts=4, stalled_after_s=None, 
                     broker=RedisEpoch(client, self.stack.db_engine, self.stack.topic),
                     dispatch=lambda t, p, s: dispatch_one(self.stack.app, t, p, s)))

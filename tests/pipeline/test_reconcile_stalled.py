@@ -45,7 +45,7 @@ def topic(db_engine: Engine, unique: str) -> Iterator[str]:
 
 
 def sweep(db_engine: Engine, topic: str, sent: list, **kw: object) -> reconcile.Sweep:
-    options: dict[str, object] = {"requeue_after_s": 60, "max_attempts": 3,
+    options: dict[str, object] = {"max_attempts": 3,
                                   "stalled_after_s": 600, "callback_max_age_s": 86400}
     options.update(kw)
     return reconcile.sweep(db_engine, topic=topic, dispatch=lambda *a: sent.append(a),
@@ -141,18 +141,6 @@ def test_callbacks_are_given_up_after_the_max_age(db_engine: Engine, topic: str)
     again = sweep(db_engine, t, [], broker=FakeBroker("run-3"))
     assert again.stalled == [(f"{t}-young-lease", "callback")]
     assert again.callbacks_expired == []
-
-
-def test_jobs_received_before_the_bridge_started_go_out_at_once(db_engine: Engine,
-                                                                 topic: str) -> None:
-    insert(db_engine, topic, f"{topic}-orphan", received_at="now() - interval '5 seconds'")
-    with db_engine.connect() as conn:
-        started = conn.execute(text("SELECT now()")).scalar_one()
-    insert(db_engine, topic, f"{topic}-mine")  # admitted by the running bridge
-    sent: list[tuple[str, int, str]] = []
-    out = sweep(db_engine, topic, sent, since=started)
-    assert out.queued == [f"{topic}-orphan"] and sent == [(f"{topic}-orphan", 4, "preprocess")]
-    assert row(db_engine, f"{topic}-mine")["status"] == "received"
 
 
 def test_redis_epoch_is_the_run_id_remembered_in_postgres(stack: Settings,

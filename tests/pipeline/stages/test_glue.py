@@ -74,7 +74,7 @@ def _task(app: Celery, task_id: str, stage: str) -> Task:
 
 def _sweep(db_engine: Engine, topic: str) -> list[tuple[str, str]]:
     sent: list[tuple[str, str]] = []
-    sweep(db_engine, topic=topic, requeue_after_s=60, max_attempts=3,
+    sweep(db_engine, topic=topic, max_attempts=3,
           dispatch=lambda t, p, s: sent.append((t, s)))
     return sent
 
