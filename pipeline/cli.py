@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--inference-steps", type=int, default=25)
     show = sub.add_parser("show", help="show a task and its events")
     show.add_argument("task_id")
+    cancel = sub.add_parser("cancel", help="cancel jobs in any state (final ones are left as "
+                            "they are)")
+    cancel.add_argument("task_ids", nargs="+", metavar="TASK_ID")
+    cancel.add_argument("--reason", default="cancelled by request")
     house = sub.add_parser("housekeeping", help="remove the work dirs of finished jobs")
     house.add_argument("--older-than", type=float, metavar="S",
                        help="seconds untouched (default SONIC_WORKDIR_RETENTION_S)")
@@ -69,6 +73,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "bridge": commands.bridge,
         "submit": commands.submit,
         "show": commands.show,
+        "cancel": commands.cancel,
         "housekeeping": commands.housekeeping,
         "render": commands.render,
         "credentials": commands.credentials,

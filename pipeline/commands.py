@@ -119,6 +119,26 @@ def show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Cancel jobs (:mod:`pipeline.scheduler.cancel`); prints ``{task_id: outcome}``.
+    Exit 0 when every id was cancelled or already final, 1 when one is unknown."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.scheduler.cancel import cancel as cancel_jobs
+    from pipeline.state.db import make_db_engine
+    from pipeline.state.health import explain_db_error
+
+    db_engine = make_db_engine(settings)
+    try:
+        outcomes = cancel_jobs(db_engine, args.task_ids, args.reason)
+    except SQLAlchemyError as exc:  # turned into one actionable line (exit 3 or 4)
+        raise explain_db_error(exc, settings) from exc
+    finally:
+        db_engine.dispose()
+    print(json.dumps(outcomes, indent=2))
+    return 1 if "unknown" in outcomes.values() else 0
+
+
 def housekeeping(args: argparse.Namespace, settings: Settings) -> int:
     """One sweep of the work dir; prints ``{"removed": [...], "dry_run": bool}``."""
     from sqlalchemy.exc import SQLAlchemyError

@@ -58,3 +58,30 @@ def test_submit_publishes_the_seed_shape(stack: Settings, unique: str) -> None:
             message["callback_url"]) == (f"t-{unique}", "/uploads/a.jpg", "/uploads/a.wav",
                                          "https://api.example.com/cb")
     assert records[0].key == f"t-{unique}".encode()
+
+
+def test_cancel_answers_per_id_and_leaves_final_jobs_alone(db_engine, unique: str) -> None:
+    from sqlalchemy import text
+
+    ids = {name: f"cli-cancel-{name}-{unique}" for name in ("waiting", "done")}
+    with db_engine.begin() as conn:
+        conn.execute(text("INSERT INTO tasks (task_id, kafka_topic, status) VALUES "
+                          "(:a, :topic, 'received'), (:b, :topic, 'completed')"),
+                     {"a": ids["waiting"], "b": ids["done"], "topic": f"cli-{unique}"})
+    try:
+        proc = cli("cancel", ids["waiting"], ids["done"])
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == {ids["waiting"]: "cancelled",
+                                           ids["done"]: "already final: completed"}
+        with db_engine.connect() as conn:
+            rows = dict(conn.execute(text(
+                "SELECT task_id, status FROM tasks WHERE kafka_topic = :t"),
+                {"t": f"cli-{unique}"}).all())
+        assert rows == {ids["waiting"]: "cancelled", ids["done"]: "completed"}
+        unknown = cli("cancel", f"cli-cancel-nope-{unique}")
+        assert unknown.returncode == 1
+        assert json.loads(unknown.stdout) == {f"cli-cancel-nope-{unique}": "unknown"}
+    finally:
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": f"cli-{unique}"})
+            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": f"cli-{unique}"})
