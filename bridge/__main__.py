@@ -1,10 +1,11 @@
-"""``python -m bridge``: the same as ``sonic-pipeline bridge`` (settings from SONIC_*)."""
+"""``python -m bridge``: the bridge (settings from SONIC_*); ``sonic-pipeline bridge`` execs
+this."""
 
 from __future__ import annotations
 
 import sys
 
-from pipeline.cli import main
+from bridge.main import main
 
 if __name__ == "__main__":
-    sys.exit(main(["bridge"]))
+    sys.exit(main())

@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 
 from kafka import KafkaConsumer, KafkaProducer
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from bridge import kafka_pin, metrics
@@ -38,13 +39,26 @@ from pipeline.epoch import RedisEpoch
 from pipeline.scheduler.dispatcher import Dispatcher, Publish
 from pipeline.scheduler.pick import backlog
 from pipeline.errors import EXIT_OK, ConfigError, ServiceUnavailable
-from pipeline.settings import Settings
+from pipeline.settings import Settings, load
 
 log = logging.getLogger("bridge")
 
 #: Too many invalid messages (the other exit codes are pipeline.errors').
 EXIT_INVALID_RATIO = 5
 
+
+
+def main() -> int:
+    """``python -m bridge`` (and ``sonic-pipeline bridge``, which execs it): settings from
+    the environment, a malformed one reported on one line with exit 3."""
+    try:
+        settings = load()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "SONIC_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+        print(f"bridge: config.invalid: {field}: {first['msg']}", file=sys.stderr)
+        return ConfigError.exit_code
+    return run(settings)
 
 
 def run(settings: Settings) -> int:

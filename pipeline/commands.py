@@ -78,9 +78,11 @@ def flower(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def bridge(args: argparse.Namespace, settings: Settings) -> int:
-    from bridge.main import run
-
-    return run(settings)
+    """Exec ``python -m bridge`` in place (the bridge is an entry point of its own; the
+    settings travel in the same environment)."""
+    argv = [sys.executable, "-m", "bridge"]
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover - exec does not return
 
 
 def submit(args: argparse.Namespace, settings: Settings) -> int:

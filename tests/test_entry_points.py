@@ -32,17 +32,17 @@ def test_the_cli_prints_its_verbs(argv: list[str]) -> None:
         assert verb in proc.stdout
 
 
-@pytest.mark.parametrize("argv", [
-    [sys.executable, "-m", "bridge"],
-    [sys.executable, "-m", "pipeline.cli", "bridge"],
+@pytest.mark.parametrize(("argv", "name"), [
+    ([sys.executable, "-m", "bridge"], "bridge"),
+    ([sys.executable, "-m", "pipeline.cli", "bridge"], "sonic-pipeline"),
 ])
-def test_the_bridge_entry_points_read_the_settings_first(argv: list[str]) -> None:
+def test_the_bridge_entry_points_read_the_settings_first(argv: list[str], name: str) -> None:
     """A setting that does not parse stops either bridge entry point at once with exit 3,
     before it reaches for any service."""
     proc = run(*argv, SONIC_PG_PORT="not-a-port")
     assert proc.returncode == 3, proc.stderr
     line, = proc.stderr.strip().splitlines()
-    assert line.startswith("sonic-pipeline: config.invalid: SONIC_PG_PORT")
+    assert line.startswith(f"{name}: config.invalid: SONIC_PG_PORT")
 
 
 def test_celery_finds_the_app_in_the_pipeline_package() -> None:

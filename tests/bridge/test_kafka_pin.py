@@ -58,8 +58,8 @@ def test_the_bridge_refuses_to_start_on_another_version(other: str) -> None:
     """Checked before any service is reached: PostgreSQL on port 1 would be exit 4."""
     code = ("import sys, kafka\n"
             f"kafka.__version__ = {other!r}\n"
-            "from pipeline.cli import main\n"
-            "sys.exit(main(['bridge']))\n")
+            "from bridge.main import main\n"
+            "sys.exit(main())\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ, SONIC_PG_PORT="1"))
     assert proc.returncode == 3, proc.stderr
