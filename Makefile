@@ -8,7 +8,7 @@ POOL   ?= all
 PYTEST_ARGS ?=
 
 .PHONY: help demo test test-fast up down status topics db worker bridge flower bench \
-        bench-bridge bench-engine lint clean venv
+        bench-bridge bench-dispatch bench-engine lint clean venv
 
 help:
 	@echo "make demo          bring up the stack and render the bundled sample job end to end"
@@ -63,10 +63,13 @@ bridge: db
 flower: venv
 	$(PY) -m pipeline.cli flower
 
-bench: bench-bridge bench-engine
+bench: bench-bridge bench-dispatch bench-engine
 
 bench-bridge: db
 	$(PY) tests/bench/bench_bridge.py
+
+bench-dispatch: db
+	$(PY) tests/bench/bench_dispatch.py
 
 bench-engine: venv
 	$(PY) tests/bench/bench_engine.py

@@ -1,9 +1,10 @@
-"""Admission throughput: Kafka -> Postgres row -> chain queued in Celery (Redis).
+"""Admission throughput: Kafka -> durable row in the Postgres backlog.
 
-Ours: ``python -m bridge`` as a real process. The baseline: the seed article's loop
-(auto-commit consumer; per message one INSERT + commit and one ``chain.apply_async()``).
-Each runs on its own fresh topic and Redis database; the rate is measured from the
-first row's ``received_at`` to the last chain's ``queued_at`` (Postgres clocks), so
+Ours: ``python -m bridge`` as a real process, its dispatcher on (a window of a few jobs),
+so the backlog grows as it would in front of a busy gpu pool. The baseline: the seed
+article's loop (auto-commit consumer; per message one INSERT + commit and one
+``chain.apply_async()``). Each runs on its own fresh topic and Redis database; the rate
+is measured from the first row's ``received_at`` to the last one's (Postgres clocks), so
 process start-up and the group join are not counted for either.
 
     .venv/bin/python tests/bench/bench_bridge.py [--jobs 20000] [--naive-jobs 3000]
@@ -67,13 +68,13 @@ def rate(settings: Settings, topic: str) -> tuple[int, float]:
     db_engine = make_db_engine(settings, pool_size=1)
     with db_engine.connect() as conn:
         n, seconds = conn.execute(text(
-            "SELECT count(*), extract(epoch FROM max(queued_at) - min(received_at)) "
-            "FROM tasks WHERE kafka_topic = :t AND status = 'queued'"), {"t": topic}).one()
+            "SELECT count(*), extract(epoch FROM max(received_at) - min(received_at)) "
+            "FROM tasks WHERE kafka_topic = :t"), {"t": topic}).one()
     db_engine.dispose()
     return int(n), float(seconds or 0.0)
 
 
-def queued(settings: Settings, topic: str) -> int:
+def admitted(settings: Settings, topic: str) -> int:
     return rate(settings, topic)[0]
 
 
@@ -82,7 +83,7 @@ def run_ours(settings: Settings, n: int, profile: bool) -> tuple[int, float]:
     produce(settings, topic, topic, n)
     env = dict(os.environ, SONIC_TOPIC_TASKS=topic, SONIC_TOPIC_DLQ=f"{topic}-dlq",
                SONIC_CONSUMER_GROUP=f"{topic}-g", SONIC_REDIS_DB=str(BENCH_REDIS_DB),
-               SONIC_INFLIGHT_MAX=str(10 * n), SONIC_INFLIGHT_LOW=str(10 * n - 1),
+               SONIC_BACKLOG_MAX=str(10 * n), SONIC_BACKLOG_LOW=str(10 * n - 1),
                SONIC_METRICS_PORT="0")
     argv = [sys.executable, "-m", "bridge"]
     log = open("/tmp/bench_bridge.log", "wb")
@@ -94,7 +95,7 @@ def run_ours(settings: Settings, n: int, profile: bool) -> tuple[int, float]:
                                 "--duration", "15"])
     try:
         deadline = time.monotonic() + 300
-        while queued(settings, topic) < n and time.monotonic() < deadline:
+        while admitted(settings, topic) < n and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -140,6 +141,7 @@ def cleanup(settings: Settings, topic: str) -> None:
     db_engine = make_db_engine(settings, pool_size=1)
     with db_engine.begin() as conn:
         conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
+        conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
     db_engine.dispose()
     admin = KafkaAdminClient(**settings.kafka_client_config())
     admin.delete_topics([topic, f"{topic}-dlq"])
@@ -160,13 +162,14 @@ def main() -> int:
     settings = load(redis_db=BENCH_REDIS_DB)
     n, seconds = run_ours(settings, args.jobs, args.profile)
     ours = n / seconds if seconds else float("nan")
-    print(f"bridge: {n} jobs admitted and queued in {seconds:.2f} s = {ours:,.0f} jobs/s")
+    print(f"cores: {os.cpu_count()}")
+    print(f"bridge: {n} jobs admitted in {seconds:.2f} s = {ours:,.0f} jobs/s")
     if args.skip_naive:
         return 0
     n2, seconds2 = run_naive(settings, args.naive_jobs)
     naive = n2 / seconds2 if seconds2 else float("nan")
     print(f"naive: {n2} jobs in {seconds2:.2f} s = {naive:,.0f} jobs/s")
-    print(f"ratio: {ours / naive:.1f}x (targets: >= 5,000 jobs/s and >= 8x)")
+    print(f"ratio: {ours / naive:.1f}x (goal: >= 50x)")
     return 0
 
 
