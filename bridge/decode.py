@@ -12,8 +12,9 @@ from typing import Any
 
 from kafka.consumer.fetcher import ConsumerRecord
 
-from pipeline.errors import InvalidMessage
 from bridge.urls import CallbackChecks, InputChecks
+from pipeline.errors import InputError, InvalidMessage
+from pipeline.job_ids import peek_callback_url
 from pipeline.jobs import UrlCheck, decode, default_checks, peek_task_id
 from pipeline.settings import Settings
 from pipeline.state.admission import RejectRow
@@ -31,6 +32,7 @@ class Problem:
 class Rejection:
     record: ConsumerRecord
     error: InvalidMessage
+    callback_url: str | None = None  #: an allowed callback URL the message named
 
     def row(self) -> RejectRow | None:
         """The ``rejected`` task row, when the message named a task id."""
@@ -38,7 +40,7 @@ class Rejection:
             return None
         return RejectRow(self.error.task_id, self.record.topic, self.record.partition,
                          self.record.offset, key_text(self.record.key), self.error.code,
-                         self.error.message.replace("\x00", ""))
+                         self.error.message.replace("\x00", ""), self.callback_url)
 
 
 @dataclass
@@ -57,6 +59,22 @@ def undecodable(record: ConsumerRecord, problem: Problem) -> InvalidMessage:
         f"@{record.offset}: {problem.reason}", code="message.undecodable",
         partition=record.partition, offset=record.offset,
         task_id=peek_task_id(record.value) if problem.trusted else None)
+
+
+def _callback_of(value: bytes | None, error: InvalidMessage, settings: Settings,
+                 check: UrlCheck | None) -> str | None:
+    """Where to deliver a rejection: the message's callback URL when it names a task id
+    and the URL passes the same check as an admitted job's; else None."""
+    if error.task_id is None or error.code == "message.undecodable":
+        return None
+    url = peek_callback_url(value)
+    if url is None:
+        return None
+    try:
+        (check or default_checks()[1])(url, settings)
+    except InputError:
+        return None
+    return url
 
 
 def key_text(key: bytes | None) -> str | None:
@@ -97,7 +115,8 @@ def decode_batch(records: list[ConsumerRecord], settings: Settings,
                          check_callback=check_callback)
         except InvalidMessage as exc:
             exc.partition, exc.offset = record.partition, record.offset
-            out.rejections.append(Rejection(record, exc))
+            out.rejections.append(Rejection(record, exc, _callback_of(
+                record.value, exc, settings, check_callback)))
             out.invalid.append(True)
             continue
         key = key_text(record.key)

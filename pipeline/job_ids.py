@@ -52,6 +52,21 @@ def peek_task_id(value: bytes | None) -> str | None:
     return found if is_task_id(found) else None
 
 
+def peek_callback_url(value: bytes | None) -> str | None:
+    """The ``callback_url`` of a message that failed validation, when the value is a JSON
+    object (perhaps with trailing bytes) naming one as a string of 1-4096 characters; the
+    caller still checks it is allowed."""
+    if not value:
+        return None
+    text = strip_bom(value).decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = _leading_object(text)
+    found = data.get("callback_url") if isinstance(data, dict) else None
+    return found if isinstance(found, str) and 0 < len(found) <= 4096 else None
+
+
 def _leading_object(text: str) -> dict | None:  # type: ignore[type-arg]
     """The JSON object at the start of ``text`` when garbage follows it."""
     try:

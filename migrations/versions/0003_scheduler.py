@@ -35,7 +35,8 @@ FINAL = "('completed', 'failed', 'rejected', 'cancelled', 'expired')"
 #: Finished by the scheduler itself (never started, or stopped between stages): no worker
 #: sends their callback, the dispatcher does.
 NOTIFY_WHERE = ("callback_status IS NULL AND (status IN ('cancelled', 'expired') "
-                "OR error_code IN ('dependency.failed', 'dependency.unknown', 'dependency.cycle'))")
+                "OR error_code IN ('dependency.failed', 'dependency.unknown', 'dependency.cycle') "
+                "OR (status = 'rejected' AND callback_url IS NOT NULL))")
 
 FUNCTIONS = f"""
 CREATE FUNCTION sonic_rank(received_at timestamptz, priority smallint) RETURNS double precision

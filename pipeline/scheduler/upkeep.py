@@ -6,8 +6,9 @@
                  triggers release them at once; this catches a job admitted while what
                  it waited for was ending), and those waiting longer than
                  ``dependency_wait_s`` for an id never admitted: ``dependency.unknown``
-    owed         jobs the scheduler finished (expired, cancelled, a dependency failed)
-                 whose callback no worker will send: returned once, to be published;
+    owed         jobs the scheduler finished (expired, cancelled, a dependency failed) and
+                 messages rejected at the door that named an allowed callback URL, whose
+                 callback no worker will send: returned once, to be published;
                  those without a callback URL are settled as ``none``
 """
 
@@ -61,7 +62,8 @@ WHERE task_id IN (
     SELECT task_id FROM tasks
     WHERE callback_status IS NULL AND kafka_topic = :topic AND lease_owner IS NULL
       AND (status IN ('cancelled', 'expired')
-           OR error_code IN ('dependency.failed', 'dependency.unknown', 'dependency.cycle'))
+           OR error_code IN ('dependency.failed', 'dependency.unknown', 'dependency.cycle')
+           OR (status = 'rejected' AND callback_url IS NOT NULL))
     ORDER BY finished_at LIMIT :limit FOR UPDATE SKIP LOCKED)
 RETURNING task_id, priority, callback_status""")
 

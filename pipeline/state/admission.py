@@ -46,9 +46,9 @@ SELECT task_id FROM new"""
 
 _INSERT_REJECTS = """
 INSERT INTO tasks (task_id, kafka_topic, kafka_partition, kafka_offset, kafka_key, status,
-                   error_code, error_message, finished_at)
+                   error_code, error_message, callback_url, finished_at)
 VALUES %s ON CONFLICT (task_id) DO NOTHING RETURNING task_id"""
-_REJECT_TEMPLATE = "(%s, %s, %s, %s, %s, 'rejected', %s, %s, now())"
+_REJECT_TEMPLATE = "(%s, %s, %s, %s, %s, 'rejected', %s, %s, %s, now())"
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -62,6 +62,8 @@ class RejectRow:
     key: str | None
     code: str
     message: str
+    #: An allowed callback URL the message named: the rejection is delivered there too.
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def _rejects(cur: Any, rejects: Sequence[RejectRow]) -> tuple[list[str], list[st
         by_id.setdefault(r.task_id, r)
     found = execute_values(
         cur, _INSERT_REJECTS,
-        [(r.task_id, r.topic, r.partition, r.offset, r.key, r.code, r.message)
+        [(r.task_id, r.topic, r.partition, r.offset, r.key, r.code, r.message, r.callback_url)
          for r in by_id.values()],
         template=_REJECT_TEMPLATE, page_size=len(by_id), fetch=True)
     inserted = {r[0] for r in found}

@@ -109,7 +109,8 @@ class Task(Base):
               postgresql_where=text("status IN ('queued', 'running')")),
         Index("ix_tasks_owed_callback", "finished_at", postgresql_where=text(
             "callback_status IS NULL AND (status IN ('cancelled', 'expired') OR error_code IN "
-            "('dependency.failed', 'dependency.unknown', 'dependency.cycle'))")),
+            "('dependency.failed', 'dependency.unknown', 'dependency.cycle') "
+            "OR (status = 'rejected' AND callback_url IS NOT NULL))")),
         Index(
             "ix_tasks_error_code",
             "error_code",

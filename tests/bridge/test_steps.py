@@ -272,3 +272,27 @@ def test_a_periodic_step_waits_its_interval_after_a_slow_run(monkeypatch) -> Non
     clock[0] = 107.0
     step()
     assert runs == [101.0, 107.0]
+
+
+@pytest.mark.parametrize(("value", "kept"), [
+    # Out of range, wrong type, invalid JSON with a readable id: the allowed URL is kept.
+    ({"task_id": "r1", "audio_url": "/uploads/a.mp3", "image_url": "/uploads/a.jpg",
+      "config": {"min_resolution": 100000}, "callback_url": "https://hooks.example.com/cb"},
+     "https://hooks.example.com/cb"),
+    ({"task_id": "r2", "audio_url": 7, "image_url": "/uploads/a.jpg",
+      "callback_url": "https://hooks.example.com/cb"}, "https://hooks.example.com/cb"),
+    (b'{"task_id": "r3", "callback_url": "https://hooks.example.com/cb"} trailing',
+     "https://hooks.example.com/cb"),
+    # A callback URL the checks refuse, or none, or no task id: nothing to deliver to.
+    ({"task_id": "r4", "audio_url": 7, "image_url": "/uploads/a.jpg",
+      "callback_url": "ftp://hooks.example.com/cb"}, None),
+    ({"task_id": "r5", "audio_url": 7, "image_url": "/uploads/a.jpg"}, None),
+    ({"audio_url": 7, "callback_url": "https://hooks.example.com/cb"}, None),
+])
+def test_a_rejected_message_keeps_an_allowed_callback_url(value, kept) -> None:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    out = decode_batch([record(0, raw)], load(), scheme_check, callback_scheme_check)
+    (rejection,) = out.rejections
+    row = rejection.row()
+    assert (row.callback_url if row is not None else None) == kept
+    assert rejection.callback_url == kept

@@ -168,3 +168,16 @@ def test_the_trigger_counts_match_the_rows(jobs: Jobs) -> None:
     cancelling.cancel(jobs.db, [f"{t}-{i:02d}" for i in range(0, 30, 5)])
     assert jobs.counts() == jobs.true_counts() | {
         k: (0, 0, 0) for k in jobs.counts() if k not in jobs.true_counts()}
+
+
+def test_a_rejected_message_with_a_callback_url_is_owed_its_callback(jobs: Jobs) -> None:
+    t = jobs.topic
+    jobs.admit({"task_id": f"{t}-bad", "status": "rejected", "error_code": "message.out_of_range",
+                "callback_url": "http://127.0.0.1:9/hook", "finished_at": "2026-01-01T00:00:00Z"},
+               {"task_id": f"{t}-mute", "status": "rejected", "error_code": "message.wrong_type",
+                "finished_at": "2026-01-01T00:00:00Z"})
+    with jobs.db.begin() as conn:
+        assert upkeep.owed_callbacks(conn, t) == [(f"{t}-bad", 5)]
+        assert upkeep.owed_callbacks(conn, t) == []  # once
+    assert jobs.row(f"{t}-bad")["callback_status"] == "queued"
+    assert jobs.row(f"{t}-mute")["callback_status"] is None
