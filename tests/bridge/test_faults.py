@@ -128,7 +128,9 @@ def test_a_killed_member_s_partitions_are_taken_over(make_case) -> None:
              "b to take over a's partitions and finish")
     assert case.stop(b) == 0
     chains = case.chains()
-    assert set(chains) == set(first + second) and max(chains.values()) == 1
+    # The killed member may have been the active dispatcher, killed between a pick's publish
+    # and its commit: that one job's chain goes out again (the stage lease lets one copy run).
+    assert set(chains) == set(first + second) and sum(n - 1 for n in chains.values()) <= 1
 
 
 def test_a_batch_in_flight_across_a_rebalance_is_still_committed(make_case) -> None:

@@ -155,6 +155,10 @@ def test_a_postgres_restart_with_jobs_in_flight_loses_none_and_runs_none_twice(
     retries = [line for line in log.read_bytes()[mark:].decode(errors="replace").splitlines()
                if "retry: Retry in" in line and "DatabaseUnavailable" in line]
     assert retries, "the gpu pool never met the outage"
+    # Every pool serves again: a job submitted after the restart runs every stage.
+    after = stack_e2e.submit(f"pg-after-{unique}")
+    assert stack_e2e.wait_final(after, timeout=180)["status"] == "completed"
+    assert all(proc.poll() is None for proc in stack_e2e.workers.values())
     print(f"\nPostgreSQL down {outage:.1f} s with {PG_JOBS} jobs in flight (stages then: "
           f"{before}): all completed, each stage succeeded once; the gpu pool retried "
           f"{len(retries)} messages with backoff; {extra} extra stage starts")

@@ -267,7 +267,10 @@ def test_the_rate_limit_holds_across_two_worker_processes_and_drops_nothing(
     assert sorted(tasks) == sorted(f"{p}-{i}" for p in "ab" for i in range(25))
     assert all(r.verified for r in receiver.requests)
     arrived = sorted(receiver.arrived)
-    busiest = max(sum(1 for t in arrived[i:] if t < start_t + 1.0)
+    # The limiter grants at decision time; a request reaches the receiver up to a delivery's
+    # latency later (tens of ms on a loaded 2-core box), so arrivals are counted in windows
+    # 100 ms shorter than the limiter's.
+    busiest = max(sum(1 for t in arrived[i:] if t < start_t + 0.9)
                   for i, start_t in enumerate(arrived))
     print(f"\n50 callbacks in {elapsed:.2f} s from two processes at 10/second; busiest "
           f"one-second window {busiest}; held back {results}")
