@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     case: Case = make_case(partitions=8)
-    ids = [f"{case.prefix}-{i:05d}" for i in range(5000)]
+    ids = [f"{case.prefix}-{i:05d}" for i in range(8000)]
     case.produce(case.jobs(ids))
     rng = random.Random()
     # Static membership: a restarted bridge takes its place in the group at once. Small
@@ -28,7 +28,7 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     overrides = (f"kafka_group_instance_id={case.prefix}", "reconcile_interval_s=1",
                  "bridge_batch_max=200")
     kills = 0
-    while kills < 6 and case.count() < 4000:
+    while kills < 6 and case.count() < 6500:
         threshold = case.count() + rng.randint(1, 400)
         bridge = case.bridge("bridge", *overrides)
         case.wait(lambda: case.count() >= threshold or bridge.poll() is not None, 90,
@@ -42,11 +42,11 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     bridge = case.bridge("bridge", *overrides)
     # Everything admitted once, and dispatched: what a kill left runnable goes out with
     # the next bridge's dispatcher.
-    case.wait(lambda: case.count("queued") == 5000 and case.lag() == 0, 120,
+    case.wait(lambda: case.count("queued") == 8000 and case.lag() == 0, 120,
              "every job admitted and queued")
     assert case.stop(bridge) == 0
-    assert case.count() == 5000
-    assert sum(case.events("admitted").values()) == 5000  # admitted exactly once each
+    assert case.count() == 8000
+    assert sum(case.events("admitted").values()) == 8000  # admitted exactly once each
     chains = case.chains()
     assert set(chains) == set(ids)  # none lost
     # A kill between a pick's publish and its commit sends that job's chain again (at
