@@ -39,7 +39,7 @@ from pipeline.epoch import RedisEpoch
 from pipeline.scheduler.dispatcher import Dispatcher, Publish
 from pipeline.scheduler.pick import backlog
 from pipeline.errors import EXIT_OK, ConfigError, ServiceUnavailable
-from pipeline.settings import Settings, load
+from pipeline.settings import Settings, describe_error, load
 
 log = logging.getLogger("bridge")
 
@@ -54,9 +54,7 @@ def main() -> int:
     try:
         settings = load()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = "SONIC_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
-        print(f"bridge: config.invalid: {field}: {first['msg']}", file=sys.stderr)
+        print(f"bridge: {describe_error(exc)}", file=sys.stderr)
         return ConfigError.exit_code
     return run(settings)
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from pipeline import commands
 from pipeline.errors import EXIT_CONFIG, PipelineError
-from pipeline.settings import Settings, load
+from pipeline.settings import Settings, describe_error, load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = "SONIC_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
-        print(f"sonic-pipeline: config.invalid: {field}: {first['msg']}", file=sys.stderr)
+        print(f"sonic-pipeline: {describe_error(exc)}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         return _dispatch(args, settings)

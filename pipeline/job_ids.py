@@ -41,14 +41,11 @@ def peek_task_id(value: bytes | None) -> str | None:
     """The task id of a message that failed validation, when one can be read reliably."""
     if not value:
         return None
-    text = strip_bom(value).decode("utf-8", "replace")
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        data = _leading_object(text)
-        if data is None:
-            return _scan(text)
-    found = data.get("task_id") if isinstance(data, dict) else None
+    text = _text(value)
+    data = _object(text)
+    if data is None:
+        return _scan(text)
+    found = data.get("task_id")
     return found if is_task_id(found) else None
 
 
@@ -58,13 +55,22 @@ def peek_callback_url(value: bytes | None) -> str | None:
     caller still checks it is allowed."""
     if not value:
         return None
-    text = strip_bom(value).decode("utf-8", "replace")
+    data = _object(_text(value))
+    found = data.get("callback_url") if data is not None else None
+    return found if isinstance(found, str) and 0 < len(found) <= 4096 else None
+
+
+def _text(value: bytes) -> str:
+    return strip_bom(value).decode("utf-8", "replace")
+
+
+def _object(text: str) -> dict | None:  # type: ignore[type-arg]
+    """The JSON object ``text`` holds, or the one at its start when garbage follows it."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
-        data = _leading_object(text)
-    found = data.get("callback_url") if isinstance(data, dict) else None
-    return found if isinstance(found, str) and 0 < len(found) <= 4096 else None
+        return _leading_object(text)
+    return data if isinstance(data, dict) else None
 
 
 def _leading_object(text: str) -> dict | None:  # type: ignore[type-arg]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Stage names, in chain order. Each has its own Celery queue of the same name.
@@ -327,6 +327,13 @@ class Settings(BaseSettings):
             if value:
                 config[f"ssl_{key}"] = value
         return config
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line for a setting that does not parse: ``config.invalid: SONIC_NAME: why``."""
+    first = exc.errors()[0]
+    field = "SONIC_" + str(first["loc"][0]).upper() if first["loc"] else "settings"
+    return f"config.invalid: {field}: {first['msg']}"
 
 
 def load(**overrides: object) -> Settings:
