@@ -1,37 +1,72 @@
-"""The CLI's verbs. Each takes the parsed arguments and the settings, returns an exit code."""
+"""The operating verbs: settings, db, worker, flower, bridge, serve, topics, housekeeping,
+render, credentials. Each is a click command taking the settings (``ctx.obj``); the job
+verbs (submit, status, list, ...) are :mod:`pipeline.console.verbs`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import uuid
+from pathlib import Path
+
+import click
 
 from pipeline.celery_config import POOLS
-from pipeline.errors import PipelineError
+from pipeline.console.clickbase import Command, Group, json_option
 from pipeline.settings import Settings
 
 
-def print_settings(args: argparse.Namespace, settings: Settings) -> int:
+@click.command(cls=Command, name="settings")
+@click.pass_obj
+def print_settings(settings: Settings) -> int:
+    """Print the effective settings as JSON, secrets masked."""
     print(json.dumps(settings.redacted(), indent=2, default=str))
     return 0
 
 
-def db(args: argparse.Namespace, settings: Settings) -> int:
+@click.group(cls=Group)
+def db() -> None:
+    """Database migrations (Alembic) on the configured PostgreSQL."""
+
+
+def _migrate(settings: Settings, action: str, revision: str | None) -> int:
     from pipeline.state import migrate
     from pipeline.state.health import explain_db_error
 
-    action = {"upgrade": migrate.upgrade, "downgrade": migrate.downgrade}
     try:
-        if args.action == "current":
+        if action == "current":
             migrate.current(settings)
+        elif action == "upgrade":
+            migrate.upgrade(settings, revision or "head")
         else:
-            default = "head" if args.action == "upgrade" else "base"
-            action[args.action](settings, args.revision or default)
+            migrate.downgrade(settings, revision or "base")
     except Exception as exc:  # noqa: BLE001 - turned into one actionable line
-        raise explain_db_error(exc, settings) from exc
+        raise explain_db_error(exc, settings) from None
     return 0
+
+
+@db.command()
+@click.argument("revision", required=False)
+@click.pass_obj
+def upgrade(settings: Settings, revision: str | None) -> int:
+    """Migrate up to REVISION (default: head)."""
+    return _migrate(settings, "upgrade", revision)
+
+
+@db.command()
+@click.argument("revision", required=False)
+@click.pass_obj
+def downgrade(settings: Settings, revision: str | None) -> int:
+    """Migrate down to REVISION (default: base)."""
+    return _migrate(settings, "downgrade", revision)
+
+
+@db.command()
+@click.argument("revision", required=False)
+@click.pass_obj
+def current(settings: Settings, revision: str | None) -> int:
+    """Print the database's current revision."""
+    return _migrate(settings, "current", revision)
 
 
 def worker_argv(pool: str, settings: Settings) -> list[str]:
@@ -47,20 +82,26 @@ def worker_argv(pool: str, settings: Settings) -> list[str]:
     ]
 
 
-def worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the pools' Celery workers. One pool: exec'd in place (its supervisor is systemd
-    or Kubernetes). ``all``: children restarted when they die (:mod:`pipeline.supervise`)."""
+@click.command(cls=Command)
+@click.option("--pool", type=click.Choice(("all", *POOLS)), default="all", show_default=True)
+@click.pass_obj
+def worker(settings: Settings, pool: str) -> int:
+    """Run Celery workers for a pool. One pool: exec'd in place (its supervisor is systemd
+    or Kubernetes); all: children restarted when they die."""
     from pipeline.supervise import Supervisor
 
-    if args.pool != "all":
-        argv = worker_argv(args.pool, settings)
+    if pool != "all":
+        argv = worker_argv(pool, settings)
         os.execv(argv[0], argv)
-    supervisor = Supervisor({pool: worker_argv(pool, settings) for pool in POOLS})
+    supervisor = Supervisor({name: worker_argv(name, settings) for name in POOLS})
     supervisor.install()
     return supervisor.run()
 
 
-def flower(args: argparse.Namespace, settings: Settings) -> int:
+@click.command(cls=Command)
+@click.pass_obj
+def flower(settings: Settings) -> int:
+    """Flower with basic auth and persistent state (credentials passed by environment)."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "celery", "-A", "pipeline", "flower",
@@ -77,86 +118,71 @@ def flower(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # pragma: no cover - exec does not return
 
 
-def bridge(args: argparse.Namespace, settings: Settings) -> int:
-    """Exec ``python -m bridge`` in place (the bridge is an entry point of its own; the
-    settings travel in the same environment)."""
+@click.command(cls=Command)
+def bridge() -> int:
+    """The Kafka -> Celery bridge: execs ``python -m bridge`` in place (the settings travel
+    in the same environment)."""
     argv = [sys.executable, "-m", "bridge"]
     os.execv(argv[0], argv)
     return 0  # pragma: no cover - exec does not return
 
 
-def submit(args: argparse.Namespace, settings: Settings) -> int:
-    from kafka import KafkaProducer
+@click.command(cls=Command)
+@click.option("--host", help="address to bind (default SONIC_API_HOST)")
+@click.option("--port", type=int, help="port (default SONIC_API_PORT)")
+@click.pass_obj
+def serve(settings: Settings, host: str | None, port: int | None) -> int:
+    """The HTTP service (jobs API, live status, web page)."""
+    from pipeline.http.serve import run
 
-    task_id = args.task_id or uuid.uuid4().hex
-    message = {
-        "task_id": task_id,
-        "audio_url": args.audio,
-        "image_url": args.image,
-        "config": {"min_resolution": args.min_resolution,
-                   "inference_steps": args.inference_steps},
-    }
-    if args.callback_url:
-        message["callback_url"] = args.callback_url
-    if args.engine:
-        message["engine"] = args.engine
-    producer = KafkaProducer(acks="all", **settings.kafka_client_config())
-    try:
-        meta = producer.send(settings.topic_tasks, key=task_id.encode(),
-                             value=json.dumps(message).encode()).get(timeout=30)
-    finally:
-        producer.close(timeout=10)
-    print(json.dumps({"task_id": task_id, "partition": meta.partition, "offset": meta.offset}))
+    run(host or settings.api_host, port or settings.api_port)
     return 0
 
 
-def show(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline.state.queries import task_with_events
+@click.group(cls=Group)
+def topics() -> None:
+    """Kafka topics."""
 
-    found = task_with_events(settings, args.task_id)
-    if found is None:
-        raise PipelineError(f"no task {args.task_id!r} in the tasks table",
-                            code="task.not_found")
-    print(json.dumps(found, indent=2, default=str))
+
+@topics.command()
+@json_option
+@click.pass_obj
+def create(settings: Settings, as_json: bool) -> int:
+    """Create the pipeline's topics that are missing (tasks, DLQ, control, status)."""
+    from pipeline.console import topics as topic_table
+    from pipeline.console.output import console, emit_json, table
+    from pipeline.console.services import reaching_kafka
+
+    with reaching_kafka(settings):
+        outcomes = topic_table.create(settings)
+    if as_json:
+        emit_json(outcomes)
+        return 0
+    out = table("topic", "partitions", "outcome")
+    for item in outcomes:
+        out.add_row(item["topic"], str(item["partitions"]), item["outcome"])
+    console().print(out)
     return 0
 
 
-def cancel(args: argparse.Namespace, settings: Settings) -> int:
-    """Cancel jobs (:mod:`pipeline.scheduler.cancel`); prints ``{task_id: outcome}``.
-    Exit 0 when every id was cancelled or already final, 1 when one is unknown."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from pipeline.scheduler.cancel import cancel as cancel_jobs
-    from pipeline.state.db import make_db_engine
-    from pipeline.state.health import explain_db_error
-
-    db_engine = make_db_engine(settings)
-    try:
-        outcomes = cancel_jobs(db_engine, args.task_ids, args.reason)
-    except SQLAlchemyError as exc:  # turned into one actionable line (exit 3 or 4)
-        raise explain_db_error(exc, settings) from exc
-    finally:
-        db_engine.dispose()
-    print(json.dumps(outcomes, indent=2))
-    return 1 if "unknown" in outcomes.values() else 0
-
-
-def housekeeping(args: argparse.Namespace, settings: Settings) -> int:
-    """One sweep of the work dir; prints ``{"removed": [...], "dry_run": bool}``."""
-    from sqlalchemy.exc import SQLAlchemyError
-
+@click.command(cls=Command)
+@click.option("--older-than", type=float, metavar="S",
+              help="seconds untouched (default SONIC_WORKDIR_RETENTION_S)")
+@click.option("--dry-run", is_flag=True, help="list, remove nothing")
+@click.pass_obj
+def housekeeping(settings: Settings, older_than: float | None, dry_run: bool) -> int:
+    """Remove the work dirs of finished jobs; prints ``{"removed": [...], "dry_run"}``."""
+    from pipeline.console.services import reaching_postgres
     from pipeline.housekeeping import sweep_workdirs
     from pipeline.state.db import make_db_engine
-    from pipeline.state.health import explain_db_error
 
     db_engine = make_db_engine(settings)
     try:
-        removed = sweep_workdirs(settings, db_engine, args.older_than, dry_run=args.dry_run)
-    except SQLAlchemyError as exc:  # turned into one actionable line (exit 3 or 4)
-        raise explain_db_error(exc, settings) from exc
+        with reaching_postgres(settings):
+            removed = sweep_workdirs(settings, db_engine, older_than, dry_run=dry_run)
     finally:
         db_engine.dispose()
-    print(json.dumps({"removed": [str(p) for p in removed], "dry_run": args.dry_run}))
+    print(json.dumps({"removed": [str(p) for p in removed], "dry_run": dry_run}))
     return 0
 
 
@@ -165,60 +191,76 @@ RENDER_KNOBS = ("min_resolution", "inference_steps", "dynamic_scale", "motion_sc
                 "expand_ratio", "seed")
 
 
-def _json_value(text: str) -> object:
+def _json_value(text: str | None) -> object:
     """A knob as the job message would carry it: a JSON number when it reads as one, else the
     text (so ``--seed x`` or ``--inference-steps 2.5`` get the message's own codes)."""
+    if text is None:
+        return None
     try:
         return json.loads(text)
     except ValueError:
         return text
 
 
-def add_render_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", required=True, help="portrait: a local file, or a URL")
-    parser.add_argument("--audio", required=True, help="speech: a local file, or a URL")
-    parser.add_argument("-o", "--output", required=True, help="the MP4 to write")
-    parser.add_argument("--engine", help="engine name (default SONIC_DEFAULT_ENGINE)")
-    for knob in RENDER_KNOBS:
-        parser.add_argument("--" + knob.replace("_", "-"), type=_json_value, metavar="N")
-    parser.add_argument("--work-dir", help="where the stages work (default: a temporary dir)")
+def _render_options(func: click.decorators.FC) -> click.decorators.FC:
+    for knob in reversed(RENDER_KNOBS):
+        func = click.option("--" + knob.replace("_", "-"), knob, metavar="N")(func)
+    return func
 
 
-def render(args: argparse.Namespace, settings: Settings) -> int:
-    """One job through preprocess, gpu and encode in this process (no Kafka, Redis or
-    PostgreSQL); a progress bar on a terminal; prints a JSON summary."""
-    from pathlib import Path
-
-    from rich.console import Console
+@click.command(cls=Command)
+@click.option("--image", required=True, help="portrait: a local file, or a URL")
+@click.option("--audio", required=True, help="speech: a local file, or a URL")
+@click.option("-o", "--output", required=True, help="the MP4 to write")
+@click.option("--engine", help="engine name (default SONIC_DEFAULT_ENGINE)")
+@_render_options
+@click.option("--work-dir", help="where the stages work (default: a temporary dir)")
+@click.pass_obj
+def render(settings: Settings, image: str, audio: str, output: str, engine: str | None,
+           work_dir: str | None, **knobs: str | None) -> int:
+    """Render one job in this process: no Kafka, Redis or PostgreSQL; a progress bar on a
+    terminal; prints a JSON summary."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from pipeline.console.output import console
     from pipeline.stages.local import render_local
 
-    config = {knob: getattr(args, knob) for knob in RENDER_KNOBS}
-    console = Console(stderr=True)
+    config = {knob: _json_value(knobs[knob]) for knob in RENDER_KNOBS}
+    err = console(stderr=True)
     bar = Progress(TextColumn("{task.description:<12}"), BarColumn(),
                    TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                   console=console, transient=True, disable=not console.is_terminal)
+                   console=err, transient=True, disable=not err.is_terminal)
     job = bar.add_task("preprocess", total=100)
     with bar:
         summary = render_local(
-            settings, args.image, args.audio, Path(args.output).expanduser().absolute(),
-            config=config, engine=args.engine,
-            work_dir=Path(args.work_dir) if args.work_dir else None,
+            settings, image, audio, Path(output).expanduser().absolute(),
+            config=config, engine=engine,
+            work_dir=Path(work_dir) if work_dir else None,
             on_progress=lambda stage, percent: bar.update(job, description=stage,
                                                           completed=percent),
-            on_event=lambda name, detail: console.print(f"{name}: {json.dumps(detail)}"))
+            on_event=lambda name, detail: err.print(f"{name}: {json.dumps(detail)}",
+                                                    markup=False))
     print(json.dumps(summary))
     return 0
 
 
-def credentials(args: argparse.Namespace, settings: Settings) -> int:
+@click.command(cls=Command)
+@click.option("--enable", metavar="KEY_ID", help="re-enable a disabled key")
+@click.pass_obj
+def credentials(settings: Settings, enable: str | None) -> int:
     """The remote engine's key pool as JSON: each key's id (never the key), state (ready,
-    cooling, disabled), cool-down left, calls in flight and counts; ``--enable`` re-enables."""
+    cooling, disabled), cool-down left, calls in flight and counts."""
+    from pipeline.console.services import reaching_redis
     from pipeline.engines.credentials import pool_for
 
-    pool = pool_for(settings)
-    if args.enable:
-        pool.enable(args.enable)
-    print(json.dumps(pool.snapshot(), indent=2))
+    with reaching_redis(settings):
+        pool = pool_for(settings)
+        if enable:
+            pool.enable(enable)
+        print(json.dumps(pool.snapshot(), indent=2))
     return 0
+
+
+#: Every verb of this module, for :mod:`pipeline.cli`.
+VERBS = (print_settings, db, worker, flower, bridge, serve, topics, housekeeping, render,
+         credentials)

@@ -9,7 +9,7 @@ import its own group and the groups listed for it, nothing else of ours.
     group     modules                                         may import
     --------  ----------------------------------------------  ---------------------------
     entry     pipeline.cli, pipeline.commands, bridge.__main__  everything
-              ops, migrations
+              ops, migrations, pipeline.console (the verbs)
     bridge    bridge (but bridge.__main__)                    base, bottom, domain
     tasks     tasks                                           base, bottom, domain,
                                                               stages, app
@@ -53,6 +53,7 @@ BOTTOM = ("inputs", "media", "storage", "state")
 #: until it is placed here.
 GROUPS: dict[str, str] = {
     "pipeline.cli": "entry", "pipeline.commands": "entry", "bridge.__main__": "entry",
+    "pipeline.console": "entry",
     "ops": "entry", "migrations": "entry",
     "bridge": "bridge",
     "tasks": "tasks",
