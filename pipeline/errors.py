@@ -91,6 +91,8 @@ CODES: dict[str, str] = {
     "task.deadline": "the job's deadline passed before it finished",
     "task.lost": "the job exhausted its attempts after workers died",
     "task.not_found": "no such task id in the tasks table",
+    "task.not_retryable": "`sonic-pipeline retry` refused: the job is not final, completed "
+    "(without --force), or was rejected at the door (replay it from the DLQ)",
     "task.invalid_id": "a task id that cannot name a work dir or object key (letters, digits "
     "and ._:- only, not starting with '.')",
     "stage.timeout": "a stage ran past its time limit, or the gpu stage past its budget "
