@@ -182,6 +182,13 @@ class Settings(BaseSettings):
     #: Frames rendered per batch; 0 picks per device (4 on CPU, where larger batches
     #: measured slower, 16 on CUDA).
     engine_batch_frames: int = 0
+    #: How the gpu stage hands its frames to encode (pipeline/media/handoff.py): ``h264``
+    #: (lossless yuv420p H.264, ~12x fewer bytes; the same final video) or ``raw`` rgb24.
+    handoff: Literal["h264", "raw"] = "h264"
+    #: Benchmarks only: register the ``bench`` engine (no render; sleeps this many seconds
+    #: and hands over one black frame). Off: a job naming it gets ``engine.unavailable``.
+    bench_engine: bool = False
+    bench_engine_sleep_s: float = Field(0.0, ge=0)
     #: The ``remote`` engine: an HTTP inference service (``{url}/v1/render``; README)...
     remote_url: str | None = None
     #: ...called with these API keys (``k1,k2`` or a JSON list of ``{"key", "weight",
@@ -235,6 +242,26 @@ class Settings(BaseSettings):
 
     # --- metrics ----------------------------------------------------------------------------------
     metrics_port: int = 19100
+    #: Tenants with gauges of their own in the scheduler's backlog metrics (the rest are
+    #: summed as tenant="__other__"); 5x this many get a gpu-seconds series.
+    metrics_top_tenants: int = Field(20, ge=1)
+    #: Seconds between the scheduler's scans of the backlog rows (per priority, oldest).
+    metrics_scan_s: float = Field(10.0, gt=0)
+
+    # --- HTTP service (``sonic-pipeline serve``, pipeline/http) -----------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 18080
+    #: Bearer tokens per tenant: ``tenantA:token1,tenantB:token2``; the tenant ``*`` is an
+    #: operator who sees every tenant's jobs. Unset: the service refuses to start.
+    api_tokens: SecretStr | None = None
+    #: Key signing the browser's session cookie (unset: a random key per process, so each
+    #: replica's cookies are its own).
+    api_session_secret: SecretStr | None = None
+    #: Lifetime of a session cookie, seconds.
+    api_session_ttl_s: int = Field(3600, gt=0)
+    #: Bucket the service stores uploads in (``s3`` backend); it must be in
+    #: ``input_buckets`` so the workers may fetch from it.
+    upload_bucket: str = "sonic-uploads"
 
     @field_validator("input_roots", "allowed_schemes", "allowed_hosts", "input_buckets",
                      mode="before")

@@ -43,12 +43,14 @@ class Dispatcher:
     def __init__(self, db_engine: Engine, topic: str, publish: Publish, *, window: int,
                  tenant_cap: int, dependency_wait_s: float, idle_s: float = 0.1,
                  weights: dict[str, float] | None = None, upkeep_s: float = 1.0,
-                 errors: tuple[type[BaseException], ...] = (Exception,)) -> None:
+                 errors: tuple[type[BaseException], ...] = (Exception,),
+                 gauges: metrics.SchedulerGauges | None = None) -> None:
         self.db, self.topic, self.publish = db_engine, topic, publish
         self.window, self.tenant_cap = window, tenant_cap
         self.dependency_wait_s, self.idle_s, self.upkeep_s = dependency_wait_s, idle_s, upkeep_s
         self.weights = weights or {}
         self.errors = errors
+        self.gauges = gauges or metrics.SchedulerGauges(topic)
         self.key = f"sonic-dispatch:{topic}"
         self.active = False  #: holds the topic's lock
         self._lock_conn: Connection | None = None
@@ -95,10 +97,13 @@ class Dispatcher:
             with self.db.begin() as conn:
                 started = time.perf_counter()
                 job = pick.pick(conn, self.topic, self.tenant_cap)
-                metrics.PICK_SECONDS.labels(self.topic).observe(time.perf_counter() - started)
+                picked = time.perf_counter()
+                metrics.PICK_SECONDS.labels(self.topic).observe(picked - started)
                 if job is None:
                     break
                 self.publish(job.task_id, job.priority, "preprocess")
+                metrics.DISPATCH_LATENCY.labels(self.topic).observe(
+                    job.waited_s + time.perf_counter() - picked)
             sent += 1
             room -= 1
         if sent:
@@ -116,6 +121,8 @@ class Dispatcher:
             for task_id, priority in owed:
                 self.publish(task_id, priority, "callback")
             metrics.BACKLOG.labels(self.topic).set(pick.backlog(conn, self.topic))
+        with self.db.connect() as conn:
+            self.gauges.refresh(conn)
         metrics.EXPIRED.labels(self.topic).inc(len(expired))
         if expired or released or unknown or owed:
             log.info("dispatcher: %d expired, %d released, %d failed on unknown "

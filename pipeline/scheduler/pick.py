@@ -40,7 +40,8 @@ WITH job AS (
 )
 UPDATE tasks SET status = 'queued', stage = 'preprocess', queued_at = now(), updated_at = now()
 FROM job WHERE tasks.task_id = job.task_id
-RETURNING tasks.task_id, tasks.priority, coalesce(tasks.tenant, '') AS tenant""")
+RETURNING tasks.task_id, tasks.priority, coalesce(tasks.tenant, '') AS tenant,
+          extract(epoch FROM clock_timestamp() - tasks.received_at) AS waited_s""")
 
 #: Jobs dispatched and not yet past the gpu stage: the window the dispatcher fills.
 _AHEAD_OF_GPU = text("""
@@ -60,13 +61,16 @@ class Picked:
     task_id: str
     priority: int
     tenant: str
+    #: Seconds since its admission, at the pick (PostgreSQL's clock).
+    waited_s: float = 0.0
 
 
 def pick(conn: Connection, topic: str, tenant_cap: int) -> Picked | None:
     """Mark the next runnable job of ``topic`` queued and return it (None: nothing runnable
     now). The caller's transaction holds the row until it commits."""
     row = conn.execute(_PICK, {"topic": topic, "tenant_cap": tenant_cap}).first()
-    return Picked(row.task_id, int(row.priority), row.tenant) if row is not None else None
+    return Picked(row.task_id, int(row.priority), row.tenant,
+                  float(row.waited_s or 0.0)) if row is not None else None
 
 
 def ahead_of_gpu(conn: Connection, topic: str) -> int:
