@@ -203,3 +203,32 @@ class Tenant(Base):
         Index("ix_tenants_pick", "topic", text("(inflight / weight)"), "picked_at",
               postgresql_where=text("runnable > 0")),
     )
+
+
+class StatusOutbox(Base):
+    """One status event of a job, written by triggers in the transaction of the change it
+    tells (migration 0004); the relay publishes it to Kafka and sets ``published_at``.
+
+    ``id`` grows in commit order per task (the Server-Sent Events id); ``seq`` numbers a
+    task's events 1, 2, 3 ...; ``body`` is the event (README "Status events")."""
+
+    __tablename__ = "status_outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    #: The task's Kafka topic ('' for none): one relay per topic publishes its events.
+    topic: Mapped[str] = mapped_column(String(249), nullable=False, server_default="")
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event: Mapped[str] = mapped_column(String(32), nullable=False)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp(), nullable=False)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_status_outbox_pending", "topic", "id",
+              postgresql_where=text("published_at IS NULL")),
+        Index("ix_status_outbox_task", "task_id", "id"),
+        Index("ix_status_outbox_published", "topic", "published_at",
+              postgresql_where=text("published_at IS NOT NULL")),
+    )
