@@ -240,6 +240,15 @@ class Settings(BaseSettings):
     #: ...and lets this many trial requests through per opening (first success closes).
     webhook_breaker_trials: int = Field(1, ge=1)
 
+    # --- status events (outbox -> Kafka SONIC_TOPIC_STATUS, latest in Redis) -----------------------
+    #: Seconds a job's latest status stays cached in Redis after its last event.
+    status_cache_ttl_s: int = Field(24 * 3600, ge=1)
+    #: Seconds published events stay in the outbox (Server-Sent Events resume from them);
+    #: a job's newest event is always kept.
+    status_retention_s: float = Field(24 * 3600.0, ge=0)
+    #: Events the relay sends to Kafka per batch.
+    status_relay_batch: int = Field(500, ge=1)
+
     # --- metrics ----------------------------------------------------------------------------------
     metrics_port: int = 19100
     #: Tenants with gauges of their own in the scheduler's backlog metrics (the rest are

@@ -20,7 +20,8 @@ import its own group and the groups listed for it, nothing else of ours.
               pipeline.webhooks, pipeline.housekeeping,
               pipeline.reconcile, pipeline.epoch,
               pipeline.supervise, pipeline.chains,
-              pipeline.celery_config, pipeline.scheduler
+              pipeline.celery_config, pipeline.scheduler,
+              pipeline.status
     inputs    pipeline.inputs                                 base, storage
     media     pipeline.media                                  base
     storage   pipeline.storage                                base
@@ -63,6 +64,7 @@ GROUPS: dict[str, str] = {
     "pipeline.housekeeping": "domain", "pipeline.reconcile": "domain",
     "pipeline.epoch": "domain", "pipeline.supervise": "domain", "pipeline.chains": "domain",
     "pipeline.celery_config": "domain", "pipeline.scheduler": "domain",
+    "pipeline.status": "domain",
     "pipeline.inputs": "inputs", "pipeline.media": "media", "pipeline.storage": "storage",
     "pipeline.state": "state",
     "pipeline.errors": "base", "pipeline.settings": "base", "pipeline.atomic": "base", "pipeline.per_process": "base",
