@@ -38,6 +38,7 @@ from pipeline import chains, reconcile
 from pipeline.epoch import RedisEpoch
 from pipeline.scheduler.dispatcher import Dispatcher, Publish
 from pipeline.scheduler.pick import backlog
+from pipeline.status import relaying
 from pipeline.errors import EXIT_OK, ConfigError, ServiceUnavailable
 from pipeline.settings import Settings, describe_error, load
 
@@ -112,6 +113,8 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         batches = BatchThread(process)
         stack.callback(batches.close)
         stack.enter_context(_dispatching(settings, db_engine, publish))
+        # Status events: the outbox to Kafka (one active relay per topic), latest in Redis.
+        stack.enter_context(relaying(settings, db_engine, client))
         periodic = [
             # The first sweep runs at once: what a dead bridge left is seen to now.
             Every(settings.reconcile_interval_s, partial(
