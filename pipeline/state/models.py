@@ -129,6 +129,10 @@ class Task(Base):
             "lease_expires_at",
             postgresql_where=text("lease_owner IS NOT NULL"),
         ),
+        # The admin views' (migration 0005): failed and expired jobs by the time they ended.
+        Index("ix_tasks_failed_finished", "finished_at",
+              postgresql_include=["error_code", "stage"],
+              postgresql_where=text("status IN ('failed', 'expired')")),
     )
 
 
@@ -153,6 +157,11 @@ class TaskEvent(Base):
         Index("ix_task_events_task_at", "task_id", "at"),
         Index("ix_task_events_at", "at"),
         Index("ix_task_events_event_at", "event", "at"),
+        # The admin views' (migration 0005): ended stage runs by time, read from the index.
+        Index("ix_task_events_runs", "at",
+              postgresql_include=["stage", "duration_s", "task_id", "event"],
+              postgresql_where=text("event IN ('succeeded', 'failed', 'retrying', 'lease_lost', "
+                                    "'cancelled') AND duration_s IS NOT NULL")),
     )
 
 
