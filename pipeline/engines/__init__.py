@@ -23,6 +23,8 @@ ENGINES: dict[str, str] = {
     # An HTTP inference service through the shared key pool (pipeline/engines/remote.py).
     "remote": "pipeline.engines.remote:RemoteEngine",
 }
+#: Engines known only while ``SONIC_BENCH_ENGINE`` is on (benchmarks; pipeline/engines/bench.py).
+BENCH_ENGINES: dict[str, str] = {"bench": "pipeline.engines.bench:BenchEngine"}
 
 _loaded: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -40,6 +42,8 @@ def get_engine(name: str | None, settings: Any) -> Engine:
         if engine is not None:
             return engine
         target = ENGINES.get(name)
+        if target is None and getattr(settings, "bench_engine", False):
+            target = BENCH_ENGINES.get(name)
         if target is None:
             raise EngineError(f"unknown engine {name!r}; known: {', '.join(sorted(ENGINES))}",
                               code="engine.unavailable")

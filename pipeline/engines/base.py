@@ -45,6 +45,10 @@ class RenderRequest:
     seed: int = 0
     #: The face in the prepared image's pixels (x1, y1, x2, y2), when the caller knows it.
     face_box: tuple[int, int, int, int] | None = None
+    #: How an engine that writes frames hands them to the encode stage
+    #: (:mod:`pipeline.media.handoff`: ``raw`` rgb24, or lossless ``h264``; the gpu stage
+    #: passes ``SONIC_HANDOFF``).
+    handoff: str = "raw"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

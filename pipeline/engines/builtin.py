@@ -7,7 +7,6 @@ caller), so memory stays bounded whatever the audio length.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from pipeline.engines.base import check_stop
 from pipeline.errors import EngineError, OutOfMemory
 from pipeline.faults import describe, is_out_of_memory
 from pipeline.media.frames import FPS, output_size
+from pipeline.media.handoff import FrameWriter
 
 if TYPE_CHECKING:
     import torch
@@ -110,28 +110,27 @@ class BuiltinEngine(Engine):
 
     def render(self, job: RenderRequest, on_progress: Progress,
                should_stop: StopCheck) -> RenderResult:
-        """Write the frames to ``out_dir/frames.rgb`` (renamed into place when complete)."""
+        """Write the frames to ``out_dir/frames.rgb``, or ``frames.mkv`` for the lossless
+        ``h264`` hand-off (``job.handoff``), renamed into place when complete."""
         started = time.monotonic()
         job.out_dir.mkdir(parents=True, exist_ok=True)
-        path = job.out_dir / FRAMES_FILE
-        partial = path.with_name(path.name + ".partial")
+        writer = FrameWriter(job.out_dir, fps=FPS, fmt=job.handoff)
         count, shape = 0, (0, 0)
         try:
-            with open(partial, "wb") as out:
-                for batch in self.frames(job, on_progress, should_stop):
-                    out.write(batch.data)
-                    count, shape = count + len(batch), batch.shape[1:3]
+            for batch in self.frames(job, on_progress, should_stop):
+                writer.write(batch)
+                count, shape = count + len(batch), batch.shape[1:3]
+            path = writer.finish()
         except (RuntimeError, ValueError) as exc:  # torch errors, out of memory included
-            partial.unlink(missing_ok=True)
+            writer.abort()
             if is_out_of_memory(exc):
                 raise OutOfMemory(f"builtin engine on {self.device}: {describe(exc)} "
                                   "(lower min_resolution or SONIC_ENGINE_BATCH_FRAMES)",
                                   exception=type(exc).__name__) from exc
             raise EngineError(f"builtin engine failed: {exc}", code="engine.failed") from exc
         except BaseException:
-            partial.unlink(missing_ok=True)
+            writer.abort()
             raise
-        os.replace(partial, path)
         return RenderResult(engine=self.name, width=int(shape[1]), height=int(shape[0]),
                             frames=count, fps=FPS, frames_path=path,
                             elapsed_s=time.monotonic() - started, device=str(self.device))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import EncodeError
+from pipeline.media import handoff
 from pipeline.media.audio import delivery_format
 from pipeline.media.ffmpeg import (DEFAULT, FFmpeg, duration_s, failure, popen_ffmpeg, probe,
                                    run_ffmpeg, stream)
@@ -124,11 +125,12 @@ def encode_video(
     width, height = size
     raw = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps)]
     if isinstance(frames, (str, Path)):
-        count = os.path.getsize(frames) // (width * height * 3)
+        # A raw rgb24 file or the gpu stage's lossless hand-off (pipeline/media/handoff.py).
+        source, count = handoff.source_args(frames, size, fps, ff=ff)
         if count == 0:
             raise EncodeError(f"{Path(frames).name} holds no {width}x{height} frames")
         pad = ["-vf", f"tpad=stop_mode=clone:stop={target - count}"] if count < target else []
-        args = [*raw, "-i", frames, "-i", audio, *pad,
+        args = [*source, "-i", audio, *pad,
                 *_output_args(fps, crf, seconds, sound, partial)]
         try:
             run_ffmpeg(args, ff=ff)

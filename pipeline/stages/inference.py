@@ -37,6 +37,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         motion_scale=float(config.get("motion_scale") or 1.0),
         seed=int(config.get("seed") or 0),
         face_box=tuple(image["face_in_crop"]),
+        handoff=ctx.settings.handoff,
     )
     request.out_dir.mkdir(exist_ok=True)
     engine = get_engine(ctx.task.get("engine"), ctx.settings)
