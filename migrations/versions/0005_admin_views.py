@@ -22,9 +22,10 @@ Views for the questions admins ask (``docs/admin-sql.md`` has the ready queries)
 The role: ``sonic_readonly`` (NOLOGIN) gets CONNECT, USAGE on the schema and SELECT on
 every table and view, now and (default privileges) on the tables later migrations create.
 Roles belong to the cluster, so it is created only when missing and only when the
-migrating role may (CREATEROLE); otherwise a warning says what to run, and the grants
-follow once it exists (rerun ``GRANTS`` below, or the next upgrade). Downgrade revokes
-this database's grants and leaves the role (other databases may use it).
+migrating role may (CREATEROLE); otherwise a warning says so, and the grants are made
+by hand once it exists (``docs/admin-sql.md``; the local stack creates the role before
+any migration). Downgrade revokes this database's grants and leaves the role (other
+databases may use it).
 
 Revision ID: 0005
 Revises: 0004
@@ -149,8 +150,8 @@ BEGIN
     BEGIN
       CREATE ROLE {ROLE} NOLOGIN;
     EXCEPTION WHEN insufficient_privilege THEN
-      RAISE WARNING 'role {ROLE} is missing and % may not create it: as a superuser run '
-                    '"CREATE ROLE {ROLE} NOLOGIN", then upgrade again', current_user;
+      RAISE WARNING 'role {ROLE} is missing and % may not create it: a superuser creates '
+                    'it, then the grants of docs/admin-sql.md follow', current_user;
     END;
   END IF;
 END $$;

@@ -131,6 +131,12 @@ class Postgres(Service):
                     cur.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
                         sql.Identifier(s.pg_user), sql.Literal(s.pg_password.get_secret_value())))
                     notes.append(f"role {s.pg_user} created")
+                # The admins' read-only role (migration 0005 grants it SELECT; roles
+                # belong to the cluster, and the pipeline's own role may not create them).
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'sonic_readonly'")
+                if cur.fetchone() is None:
+                    cur.execute("CREATE ROLE sonic_readonly NOLOGIN")
+                    notes.append("role sonic_readonly created")
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (s.pg_database,))
                 if cur.fetchone() is None:
                     cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
