@@ -8,7 +8,8 @@ POOL   ?= all
 PYTEST_ARGS ?=
 
 .PHONY: help demo test test-fast up down status topics db worker bridge flower bench \
-        bench-bridge bench-dispatch bench-engine lint clean venv
+        bench-bridge bench-dispatch bench-engine bench-overhead bench-gpu bench-backlog \
+        bench-report lint clean venv
 
 help:
 	@echo "make demo          bring up the stack and render the bundled sample job end to end"
@@ -63,16 +64,41 @@ bridge: db
 flower: venv
 	$(PY) -m pipeline.cli flower
 
-bench: bench-bridge bench-dispatch bench-engine
+# Every benchmark holds the stack lock for its whole run (tests/bench/common.py takes it
+# itself; the others under flock) and leaves its figures in bench-results/ (git-ignored);
+# bench-report prints the one table and writes results.json and the plots. A benchmark
+# that fails is a "not run" row, and make bench still prints the others.
+BENCH_LOCK := flock /tmp/sonic-stack.lock
+BENCH_OUT  := bench-results
+
+bench: db
+	-$(MAKE) --no-print-directory -k bench-bridge bench-dispatch bench-engine bench-overhead \
+	    bench-gpu bench-backlog
+	$(PY) tests/bench/bench_report.py
+
+bench-report: venv
+	$(PY) tests/bench/bench_report.py
 
 bench-bridge: db
-	$(PY) tests/bench/bench_bridge.py
+	@mkdir -p $(BENCH_OUT)
+	bash -o pipefail -c '$(BENCH_LOCK) $(PY) tests/bench/bench_bridge.py | tee $(BENCH_OUT)/bridge.txt'
 
 bench-dispatch: db
-	$(PY) tests/bench/bench_dispatch.py
+	@mkdir -p $(BENCH_OUT)
+	$(BENCH_LOCK) $(PY) tests/bench/bench_dispatch.py --json $(BENCH_OUT)/dispatch.json
 
 bench-engine: venv
-	$(PY) tests/bench/bench_engine.py
+	@mkdir -p $(BENCH_OUT)
+	$(BENCH_LOCK) $(PY) tests/bench/bench_engine.py --json $(BENCH_OUT)/media.json
+
+bench-overhead: db
+	$(PY) tests/bench/bench_overhead.py
+
+bench-gpu: db
+	$(PY) tests/bench/bench_gpu.py
+
+bench-backlog: db
+	$(PY) tests/bench/bench_backlog.py
 
 lint: venv
 	$(PY) -m pyflakes pipeline bridge tasks ops tests migrations

@@ -1,15 +1,21 @@
 """Benchmark: built-in engine frames/s at 512x512 and encode speed, each against a naive
-baseline measured in the same run. Not a pytest test; run it directly:
+baseline measured in the same run; and the gpu -> encode hand-off. Not a pytest test;
+run it directly:
 
     .venv/bin/python tests/bench/bench_engine.py [--seconds 8] [--json out.json]
 
 Engine baseline: one frame per step (no batching). Encode baseline: every frame written
 as a PNG, then ffmpeg reads the PNGs (an encode to images and a second encode to H.264).
+Hand-off (pipeline/media/handoff.py): the engine's render as the gpu stage runs it, with
+raw rgb24 frames (before) and lossless H.264 (after): the gpu stage's time, bytes written
+per second of video, the encode stage's time from that file, and whether the final videos
+are byte for byte the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -30,6 +36,7 @@ from pipeline.engines.builtin import BuiltinEngine  # noqa: E402
 from pipeline.media.audio import prepare_audio  # noqa: E402
 from pipeline.media.encode import encode_video  # noqa: E402
 from pipeline.media.ffmpeg import run_ffmpeg  # noqa: E402
+from pipeline.media.frames import FPS  # noqa: E402
 from pipeline.media.image import prepare_image  # noqa: E402
 from pipeline.settings import load  # noqa: E402
 
@@ -83,6 +90,39 @@ def _encode_naive(frames: np.ndarray, audio: Path, out: Path, work: Path) -> flo
     return time.perf_counter() - started
 
 
+def _handoff(device: str, job: RenderRequest, audio_s: float, work: Path,
+             repeat: int) -> dict[str, Any]:
+    """The gpu stage's render and the encode stage, raw frames against the h264 hand-off."""
+    from dataclasses import replace
+
+    engine = BuiltinEngine()
+    engine.load(load(device=device))
+    out: dict[str, Any] = {}
+    for fmt in ("raw", "h264"):
+        request = replace(job, out_dir=work / f"handoff-{fmt}", handoff=fmt)
+        took = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = engine.render(request, lambda _: None, lambda: False)
+            took.append(time.perf_counter() - started)
+        assert result.frames_path is not None
+        video = work / f"handoff-{fmt}.mp4"
+        encode_s = statistics.median(
+            _timed(encode_video, result.frames_path, job.audio_path, video,
+                   size=(result.width, result.height), seconds=audio_s)
+            for _ in range(repeat))
+        size = result.frames_path.stat().st_size
+        out[fmt] = {"gpu_stage_s": statistics.median(took), "frames": result.frames,
+                    "bytes": size, "bytes_per_video_s": size / (result.frames / FPS),
+                    "encode_s": encode_s,
+                    "md5": hashlib.md5(video.read_bytes()).hexdigest()}
+    raw, h264 = out["raw"], out["h264"]
+    out.update({"device": device, "cut": raw["bytes"] / h264["bytes"],
+                "gpu_stage_ratio": h264["gpu_stage_s"] / raw["gpu_stage_s"],
+                "identical_video": raw["md5"] == h264["md5"]})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="audio length to render")
@@ -121,6 +161,14 @@ def main() -> int:
                             "png_x_realtime": audio_s / naive, "speedup": naive / streamed}
         print(f"encode 512x512 {audio_s:.1f} s: streamed {audio_s / streamed:.2f}x real time; "
               f"via PNG files {audio_s / naive:.2f}x real time -> x{naive / streamed:.2f}")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        hand = report["handoff"] = _handoff(device, job, audio_s, work, args.repeat)
+        print(f"hand-off gpu -> encode ({device}): raw {hand['raw']['bytes_per_video_s'] / 1e6:.1f}"
+              f" MB per video-second, h264 {hand['h264']['bytes_per_video_s'] / 1e6:.2f} MB "
+              f"(/{hand['cut']:.1f}); gpu stage {hand['raw']['gpu_stage_s']:.2f} s -> "
+              f"{hand['h264']['gpu_stage_s']:.2f} s (x{hand['gpu_stage_ratio']:.2f}); encode "
+              f"stage {hand['raw']['encode_s']:.2f} s -> {hand['h264']['encode_s']:.2f} s; "
+              f"same final video: {hand['identical_video']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
