@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help demo test test-fast up down status topics db worker bridge flower bench \
         bench-bridge bench-dispatch bench-engine bench-overhead bench-gpu bench-backlog \
-        bench-report lint clean venv
+        bench-report bench-admin-sql promtool lint clean venv
 
 help:
 	@echo "make demo          bring up the stack and render the bundled sample job end to end"
@@ -46,11 +46,15 @@ topics: venv
 db: up
 	$(PY) -m pipeline.cli db upgrade
 
-test: db
+test: db promtool
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: db
+test-fast: db promtool
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# promtool (the alert rules' unit tests), built once from its Go module.
+promtool: venv
+	$(PY) ops/prometheus/promtool.py install
 
 demo: db
 	$(PY) ops/demo.py
@@ -73,7 +77,7 @@ BENCH_OUT  := bench-results
 
 bench: db
 	-$(MAKE) --no-print-directory -k bench-bridge bench-dispatch bench-engine bench-overhead \
-	    bench-gpu bench-backlog
+	    bench-gpu bench-backlog bench-admin-sql
 	$(PY) tests/bench/bench_report.py
 
 bench-report: venv
@@ -99,6 +103,12 @@ bench-gpu: db
 
 bench-backlog: db
 	$(PY) tests/bench/bench_backlog.py
+
+# The queries of docs/admin-sql.md at 1,000,000 task rows (each under a second; plans kept).
+bench-admin-sql: db
+	@mkdir -p $(BENCH_OUT)
+	$(BENCH_LOCK) $(PY) tests/bench/bench_admin_sql.py --json $(BENCH_OUT)/admin_sql.json \
+	    --plans $(BENCH_OUT)/admin_sql_plans.md
 
 lint: venv
 	$(PY) -m pyflakes pipeline bridge tasks ops tests migrations
