@@ -23,6 +23,7 @@ from bridge.admit import Admit
 from bridge.backpressure import Backlog, Backpressure
 from bridge.batches import BatchThread
 from bridge.consumer import CHECK_CRCS, Rebalance, lag, make_consumer
+from bridge.control import running as control_running
 from bridge.db import Postgres
 from bridge.decode import DecodeStep
 from bridge.dlq import DeadLetters
@@ -38,6 +39,7 @@ from pipeline import chains, reconcile
 from pipeline.epoch import RedisEpoch
 from pipeline.scheduler.dispatcher import Dispatcher, Publish
 from pipeline.scheduler.pick import backlog
+from pipeline.scheduler.metrics import SchedulerGauges
 from pipeline.status import relaying
 from pipeline.errors import EXIT_OK, ConfigError, ServiceUnavailable
 from pipeline.settings import Settings, describe_error, load
@@ -113,6 +115,7 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         batches = BatchThread(process)
         stack.callback(batches.close)
         stack.enter_context(_dispatching(settings, db_engine, publish))
+        stack.enter_context(control_running(settings, db_engine, producer))
         # Status events: the outbox to Kafka (one active relay per topic), latest in Redis.
         stack.enter_context(relaying(settings, db_engine, client))
         periodic = [
@@ -151,7 +154,9 @@ def _dispatching(settings: Settings, db_engine: Engine, publish: Publish) -> Ite
     dispatcher = Dispatcher(
         db_engine, settings.topic_tasks, publish, window=settings.dispatch_window,
         tenant_cap=settings.tenant_inflight_max, dependency_wait_s=settings.dependency_wait_s,
-        idle_s=settings.dispatch_idle_s, weights=settings.tenant_weights, errors=TRANSIENT)
+        idle_s=settings.dispatch_idle_s, weights=settings.tenant_weights, errors=TRANSIENT,
+        gauges=SchedulerGauges(settings.topic_tasks, settings.metrics_top_tenants,
+                               settings.metrics_scan_s))
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher",
                               daemon=True)

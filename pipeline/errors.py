@@ -64,6 +64,8 @@ CODES: dict[str, str] = {
     "message.too_large": "the Kafka message exceeds SONIC_MAX_MESSAGE_BYTES",
     "message.out_of_range": "a numeric field is outside its documented range (the message "
     "names the field and the range)",
+    "message.unknown_command": "a control-topic record names a command the bridge does not "
+    "know (known: cancel); sent to the DLQ",
     "message.undecodable": "the Kafka client cannot decode the record (corrupt batch, a header "
     "key that is not UTF-8, an unsupported codec); whatever bytes could be recovered go to "
     "the DLQ",
