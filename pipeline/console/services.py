@@ -76,16 +76,22 @@ def reaching_postgres(settings: Settings) -> Iterator[None]:
 
 @contextmanager
 def reaching_redis(settings: Settings) -> Iterator[None]:
-    """Redis errors inside the block become one ``service.unavailable`` line."""
+    """A TCP probe first, then Redis errors inside the block become one
+    ``service.unavailable`` line."""
     from redis.exceptions import RedisError
 
+    if not _answers(settings.redis_host, settings.redis_port):
+        raise _redis_unreachable(settings, "connection refused")
     try:
         yield
     except RedisError as exc:
-        raise ServiceUnavailable(
-            f"redis: cannot reach {settings.redis_host}:{settings.redis_port} "
-            f"({type(exc).__name__}); start it with `make up` or set SONIC_REDIS_HOST / "
-            "SONIC_REDIS_PORT") from None
+        raise _redis_unreachable(settings, type(exc).__name__) from None
+
+
+def _redis_unreachable(settings: Settings, why: str) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"redis: cannot reach {settings.redis_host}:{settings.redis_port} ({why}); start it "
+        "with `make up` or set SONIC_REDIS_HOST / SONIC_REDIS_PORT")
 
 
 def store_location(settings: Settings) -> str:

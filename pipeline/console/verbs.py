@@ -106,23 +106,23 @@ def submit(settings: Settings, image: str, audio: str, callback_url: str | None,
     if not wait:
         print(json.dumps(sent))
         return 0
-    click.echo(f"submitted {task_id} to {settings.topic_tasks} (partition {meta.partition}, "
-               f"offset {meta.offset})", err=True)
-    return _wait(settings, task_id, timeout, as_json)
+    try:  # from here on the job is in Kafka: Ctrl-C stops the waiting, not the job
+        click.echo(f"submitted {task_id} to {settings.topic_tasks} (partition "
+                   f"{meta.partition}, offset {meta.offset})", err=True)
+        return _wait(settings, task_id, timeout, as_json)
+    except KeyboardInterrupt:
+        click.echo(f"\n{task_id} keeps running; follow it with `{PROG} status {task_id}` "
+                   f"(or `{PROG} events {task_id}`)", err=True)
+        return EXIT_INTERRUPTED
 
 
 def _wait(settings: Settings, task_id: str, timeout: float | None, as_json: bool) -> int:
     from pipeline.console import follow, status
 
-    try:
-        with database(settings) as engine:
-            final = follow.follow(engine, task_id, timeout_s=timeout)
-            with engine.connect() as conn:
-                info = status.describe(conn, task_id)
-    except KeyboardInterrupt:
-        click.echo(f"\n{task_id} keeps running; follow it with `{PROG} status {task_id}` "
-                   f"(or `{PROG} events {task_id}`)", err=True)
-        return EXIT_INTERRUPTED
+    with database(settings) as engine:
+        final = follow.follow(engine, task_id, timeout_s=timeout)
+        with engine.connect() as conn:
+            info = status.describe(conn, task_id)
     if as_json:
         emit_json(info)
     elif final is None:

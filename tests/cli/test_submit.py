@@ -1,0 +1,94 @@
+"""``sonic-pipeline submit``: local inputs uploaded to the object store, the job produced in
+the documented shape, and ``--wait`` followed to the end, in a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from kafka import KafkaConsumer
+
+from pipeline.console.submit import upload_store
+from tests.cli.conftest import BIN, CliStack, RealRun, plain, run_pty
+
+
+def test_wait_draws_the_stages_and_prints_the_result_url(cli_stack: CliStack,
+                                                         real_run: RealRun) -> None:
+    out = real_run.done_output
+    assert real_run.done_rc == 0, out + cli_stack.logs()
+    assert f"submitted {real_run.done} to {cli_stack.topic}" in out
+    # The live bar named the stages it saw, with a percentage and the time elapsed.
+    assert "preprocess" in out and "gpu" in out, out
+    assert re.search(r"\b\d{1,3}%", out) and re.search(r"\d:\d\d:\d\d", out), out
+    row = cli_stack.row(real_run.done)
+    assert row["status"] == "completed" and row["result_url"]
+    assert f"completed {real_run.done}: {row['result_url']}" in out
+
+
+def test_local_files_are_uploaded_and_the_job_names_them(cli_stack: CliStack,
+                                                         real_run: RealRun) -> None:
+    payload = cli_stack.row(real_run.done)["payload"]
+    bucket = cli_stack.settings.upload_bucket
+    assert payload["image_url"] == f"s3://{bucket}/uploads/{real_run.done}/image.jpg"
+    assert payload["audio_url"] == f"s3://{bucket}/uploads/{real_run.done}/audio.wav"
+    store = upload_store(cli_stack.settings)
+    for key in (f"uploads/{real_run.done}/image.jpg", f"uploads/{real_run.done}/audio.wav"):
+        assert store.exists(key), key
+    assert payload["config"]["min_resolution"] == 128 and payload["config"]["seed"] == 3
+
+
+def test_wait_on_a_failing_job_prints_its_code_and_exits_1(cli_stack: CliStack,
+                                                           real_run: RealRun) -> None:
+    result = real_run.failed_result
+    assert result.exit_code == 1, result.output + cli_stack.logs()
+    assert result.stdout.strip().startswith(f"failed {real_run.failed}: image.no_face: ")
+    # Not a terminal: one plain line per change of stage, no escape sequences.
+    assert f"{real_run.failed}: submitted" in result.stderr or \
+        f"{real_run.failed}: preprocess" in result.stderr, result.stderr
+    assert "\x1b[" not in result.output
+
+
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_follow_it(cli_stack: CliStack) -> None:
+    task_id = f"{cli_stack.topic}-interrupted"
+    rc, output = run_pty([str(BIN), "submit", "--image", str(cli_stack.face), "--audio",
+                          str(cli_stack.speech), "--task-id", task_id, "--min-resolution",
+                          "128", "--inference-steps", "2", "--wait"], cli_stack.env,
+                         interrupt=lambda seen: f"submitted {task_id}" in plain(seen))
+    out = plain(output)
+    assert rc == 130, out
+    assert f"{task_id} keeps running; follow it with `sonic-pipeline status {task_id}`" in out
+    assert "Traceback" not in out
+    assert cli_stack.wait_final(task_id)["status"] == "completed"
+
+
+def test_without_wait_it_prints_where_the_message_went(cli_stack: CliStack) -> None:
+    """URLs go as they are (nothing uploaded); the record is the documented message."""
+    topic = f"{cli_stack.topic}-plain"
+    result = cli_stack.invoke("submit", "--image", "https://img.example.com/a.jpg", "--audio",
+                              "/uploads/x/a.wav", "--task-id", "plain-1", "--priority", "2",
+                              "--tenant", "acme", "--ordering-key", "k1",
+                              SONIC_TOPIC_TASKS=topic)
+    assert result.exit_code == 0, result.output
+    sent = json.loads(result.stdout)
+    assert (sent["task_id"], sent["topic"]) == ("plain-1", topic)
+    consumer = KafkaConsumer(topic, auto_offset_reset="earliest", consumer_timeout_ms=10000,
+                             **cli_stack.settings.kafka_client_config())
+    records = []
+    for record in consumer:
+        records.append(record)
+        break
+    consumer.close()
+    assert records[0].key == b"k1" and records[0].offset == sent["offset"]
+    message = json.loads(records[0].value)
+    assert message == {"task_id": "plain-1", "audio_url": "/uploads/x/a.wav",
+                       "image_url": "https://img.example.com/a.jpg",
+                       "config": {"min_resolution": 512, "inference_steps": 25},
+                       "tenant": "acme", "priority": 2, "ordering_key": "k1"}
+
+
+def test_bad_options_are_usage_errors(cli_stack: CliStack) -> None:
+    for args in (["submit", "--image", "a.jpg"], ["submit", "--image", "a", "--audio", "b",
+                                                 "--priority", "12"],
+                 ["list", "--status", "nope"], ["list", "--since", "yesterday-ish"]):
+        result = cli_stack.invoke(*args)
+        assert result.exit_code == 2, (args, result.output)
