@@ -97,6 +97,12 @@ CODES: dict[str, str] = {
     "(without --force), or was rejected at the door (replay it from the DLQ)",
     "task.invalid_id": "a task id that cannot name a work dir or object key (letters, digits "
     "and ._:- only, not starting with '.')",
+    "task.not_ready": "the HTTP service was asked for a job's video before the job completed",
+    "auth.unauthorized": "the HTTP service got no bearer token, a wrong one, or an expired or "
+    "forged session cookie (401)",
+    "http.not_found": "the HTTP service has no such path",
+    "http.error": "the HTTP service refused the request itself (a method not allowed, a "
+    "body it cannot parse)",
     "stage.timeout": "a stage ran past its time limit, or the gpu stage past its budget "
     "for the audio's length; not retried",
     "resource.out_of_memory": "the stage ran out of host or GPU memory; not retried",

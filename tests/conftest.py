@@ -13,6 +13,9 @@ from sqlalchemy import Engine
 from pipeline.settings import Settings, load
 from pipeline.state.db import make_db_engine
 
+#: The HTTP service's stack, one per session for tests/http and tests/browser alike.
+pytest_plugins = ["tests.support.http_stack"]
+
 
 def _reachable(host: str, port: int) -> bool:
     try:

@@ -10,6 +10,7 @@ import its own group and the groups listed for it, nothing else of ours.
     --------  ----------------------------------------------  ---------------------------
     entry     pipeline.cli, pipeline.commands, bridge.__main__  everything
               ops, migrations, pipeline.console (the verbs)
+              pipeline.http (the HTTP service)
     bridge    bridge (but bridge.__main__)                    base, bottom, domain
     tasks     tasks                                           base, bottom, domain,
                                                               stages, app
@@ -55,6 +56,7 @@ BOTTOM = ("inputs", "media", "storage", "state")
 GROUPS: dict[str, str] = {
     "pipeline.cli": "entry", "pipeline.commands": "entry", "bridge.__main__": "entry",
     "pipeline.console": "entry",
+    "pipeline.http": "entry",
     "ops": "entry", "migrations": "entry",
     "bridge": "bridge",
     "tasks": "tasks",

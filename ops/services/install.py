@@ -27,6 +27,9 @@ PACKAGES = {
     # Produces the records the bridge's tests need that Python clients cannot (a header
     # key that is not UTF-8); handy for operators replaying the DLQ.
     "kcat": lambda: shutil.which("kcat") is not None,
+    # The web page's browser test (tests/browser): Debian's chromium and its WebDriver.
+    "chromium": lambda: shutil.which("chromium") is not None,
+    "chromium-driver": lambda: shutil.which("chromedriver") is not None,
 }
 #: Packages each service cannot start without.
 NEEDS = {

@@ -1,0 +1,214 @@
+"""The HTTP service on the real stack, for tests/http and tests/browser.
+
+One per test session (``http_stack``, registered in tests/conftest.py so both folders
+share it): a private MinIO and Redis, a Kafka topic of its own, the three worker pools,
+``python -m bridge`` and ``python -m pipeline.http`` on a free port, all as real
+processes with the same ``SONIC_*`` environment. Tokens: tenants ``acme`` and ``globex``
+and an operator (``*``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKENS = {"acme": "acme-token-0123456789", "globex": "globex-token-0123456789",
+          "*": "operator-token-0123456789"}
+#: The service's per-part cap in these tests (small, so "too large" costs little).
+MAX_INPUT_BYTES = 3 * 1024 * 1024
+#: Below the ephemeral range: the bridge's metrics port, then the three pools'.
+METRICS_PORT = 29500
+#: Render knobs that keep a job short on a CPU.
+FAST = {"min_resolution": "256", "inference_steps": "4", "seed": "7"}
+
+
+@dataclass
+class HttpStack:
+    base_url: str
+    env: dict[str, str]
+    topic: str
+    db_engine: Engine
+    portrait: Path
+    speech: Path
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def client(self, tenant: str | None = "acme", **options: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {TOKENS[tenant]}"} if tenant else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, **options)
+
+    def submit(self, client: httpx.Client, **form: str) -> str:
+        """Upload the portrait and the speech; the new task id (asserts 202)."""
+        with self.portrait.open("rb") as image, self.speech.open("rb") as audio:
+            answer = client.post("/v1/tasks", data={**FAST, **form}, files={
+                "image": ("face.jpg", image, "image/jpeg"),
+                "audio": ("speech.wav", audio, "audio/wav")})
+        assert answer.status_code == 202, answer.text
+        return str(answer.json()["task_id"])
+
+    def row(self, task_id: str) -> dict[str, Any] | None:
+        with self.db_engine.connect() as conn:
+            found = conn.execute(text("SELECT * FROM tasks WHERE task_id = :t"),
+                                 {"t": task_id}).mappings().first()
+        return dict(found) if found else None
+
+    def wait_admitted(self, task_id: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.row(task_id)
+            if row is not None:
+                return row
+            time.sleep(0.1)
+        raise AssertionError(f"{task_id} not admitted after {timeout}s\n" + self.log_tails())
+
+    def objects(self, bucket: str) -> list[str]:
+        """Every key in ``bucket`` of the stack's MinIO."""
+        from pipeline.settings import load
+        from pipeline.storage.client import make_client
+
+        client = make_client(load(s3_endpoint=self.env["SONIC_S3_ENDPOINT"]))
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def wait_final(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.row(task_id)
+            if row and row["status"] in ("completed", "failed", "rejected", "cancelled"):
+                return row
+            time.sleep(0.3)
+        raise AssertionError(f"{task_id} not final after {timeout}s: {self.row(task_id)}\n"
+                             + self.log_tails())
+
+    def log_tails(self, lines: int = 30) -> str:
+        out = []
+        for log in sorted(self.logs.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log.name} ---\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _wait_healthy(stack: HttpStack, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        server = stack.procs["http"]
+        if server.poll() is not None:
+            raise AssertionError(f"the HTTP service exited {server.returncode}\n"
+                                 + stack.log_tails())
+        try:
+            answer = httpx.get(f"{stack.base_url}/healthz", timeout=5)
+            if answer.status_code == 200:
+                return
+            last = answer.text
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"the HTTP service never got healthy: {last}\n" + stack.log_tails())
+
+
+@pytest.fixture(scope="session")
+def http_stack(stack: Any, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[HttpStack]:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from ops.s3 import MinIO, install_minio
+    from ops.services.redis import Redis
+    from pipeline.celery_config import POOLS
+    from pipeline.commands import worker_argv
+    from pipeline.settings import load
+    from tests.pipeline.media.helpers import PORTRAIT, speak
+    from tests.support.server import free_port
+
+    root = tmp_path_factory.mktemp("http")
+    inputs, state, logs = root / "inputs", root / "state", root / "logs"
+    for folder in (inputs, state, logs):
+        folder.mkdir()
+    portrait = inputs / "face.jpg"
+    shutil.copy(PORTRAIT, portrait)
+    speech = speak(inputs / "speech.wav", "Hello there. This is a short test of the page.")
+
+    undo: list[Any] = []  # cleanups, run last first whatever failed
+    topic = f"test-http-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    http: HttpStack | None = None
+    try:
+        bin_dir = stack.state_dir / "bin"
+        install_minio(bin_dir)
+        minio = MinIO(load(state_dir=root / "s3", s3_bucket="sonic-http", storage_dir=None),
+                      port=free_port(), bin_dir=bin_dir)
+        undo.append(minio.stop)
+        minio.wait_ready(minio.start())
+        minio.ensure()
+        redis_port = free_port()
+        redis = Redis(load(state_dir=root / "redis", redis_port=redis_port))
+        undo.append(redis.stop)
+        redis.wait_ready(redis.start())
+
+        admin = KafkaAdminClient(**stack.kafka_client_config())
+        undo.append(admin.close)
+        admin.create_topics([NewTopic(topic, 2, 1), NewTopic(f"{topic}-dlq", 1, 1)])
+        undo.append(lambda: admin.delete_topics([topic, f"{topic}-dlq"]))
+        overrides = {
+            "STATE_DIR": state, "TOPIC_TASKS": topic, "TOPIC_DLQ": f"{topic}-dlq",
+            "CONSUMER_GROUP": f"{topic}-group", "REDIS_PORT": redis_port, "REDIS_DB": 0,
+            "STORAGE_BACKEND": "s3", "S3_ENDPOINT": minio.endpoint, "S3_BUCKET": "sonic-http",
+            "UPLOAD_BUCKET": "sonic-http-uploads", "INPUT_BUCKETS": "sonic-http-uploads",
+            "INPUT_ROOTS": inputs, "MAX_INPUT_BYTES": MAX_INPUT_BYTES,
+            "API_TOKENS": ",".join(f"{tenant}:{token}" for tenant, token in TOKENS.items()),
+            "API_SESSION_SECRET": "http-test-session-secret", "API_PORT": port,
+            "HEARTBEAT_INTERVAL_S": 1, "LEASE_TTL_S": 6, "WORKER_CONCURRENCY": 1,
+            "TIME_LIMIT_S": 120, "METRICS_PORT": METRICS_PORT, "RECONCILE_INTERVAL_S": 2,
+        }
+        values = {key: str(value) for key, value in overrides.items()}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
+        env.update({f"SONIC_{key}": value for key, value in values.items()})
+        http = HttpStack(f"http://127.0.0.1:{port}", env, topic, db_engine, portrait, speech,
+                         logs)
+        undo.append(http.stop_all)
+        settings = load(**{key.lower(): value for key, value in values.items()})
+        for pool in POOLS:
+            http.start(f"worker-{pool}", worker_argv(pool, settings))
+        http.start("bridge", [sys.executable, "-m", "bridge"])
+        http.start("http", [sys.executable, "-m", "pipeline.http", "--port", str(port)])
+        _wait_healthy(http)
+        yield http
+    finally:
+        for step in reversed(undo):
+            step()
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
+            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
