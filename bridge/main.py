@@ -22,7 +22,7 @@ from bridge import kafka_pin, metrics
 from bridge.admit import Admit
 from bridge.backpressure import Backlog, Backpressure
 from bridge.batches import BatchThread
-from bridge.consumer import CHECK_CRCS, Rebalance, lag, make_consumer
+from bridge.consumer import CHECK_CRCS, Rebalance, make_consumer
 from bridge.control import running as control_running
 from bridge.db import Postgres
 from bridge.decode import DecodeStep
@@ -39,8 +39,8 @@ from pipeline import chains, reconcile
 from pipeline.epoch import RedisEpoch
 from pipeline.scheduler.dispatcher import Dispatcher, Publish
 from pipeline.scheduler.pick import backlog
-from pipeline.scheduler.metrics import SchedulerGauges
 from pipeline.status import relaying
+from pipeline.scheduler.metrics import SchedulerGauges
 from pipeline.errors import EXIT_OK, ConfigError, ServiceUnavailable
 from pipeline.settings import Settings, describe_error, load
 
@@ -115,9 +115,9 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         batches = BatchThread(process)
         stack.callback(batches.close)
         stack.enter_context(_dispatching(settings, db_engine, publish))
-        stack.enter_context(control_running(settings, db_engine, producer))
         # Status events: the outbox to Kafka (one active relay per topic), latest in Redis.
         stack.enter_context(relaying(settings, db_engine, client))
+        stack.enter_context(control_running(settings, db_engine, producer))
         periodic = [
             # The first sweep runs at once: what a dead bridge left is seen to now.
             Every(settings.reconcile_interval_s, partial(
@@ -127,7 +127,7 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
                 broker=RedisEpoch(client, db_engine, topic)),
                 "reconciler", first_s=0.0),
             Every(settings.lag_interval_s,
-                  lambda: metrics.LAG.labels(topic).set(lag(consumer)), "lag"),
+                  lambda: metrics.observe_consumer(consumer, topic), "lag"),
         ]
         decode = DecodeStep(settings)
         undecodable = UndecodableStep(RawFetcher(lambda: KafkaConsumer(
@@ -143,6 +143,8 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
                             settings.inflight_refresh_s),
                     shutdown, settings.bridge_poll_timeout_ms, periodic, topic,
                     undecodable=undecodable)
+        metrics.start(topic)
+        metrics.watch_fleet(db_engine, app, topic)
         metrics.serve(settings.metrics_port)
         yield loop
 
@@ -156,7 +158,8 @@ def _dispatching(settings: Settings, db_engine: Engine, publish: Publish) -> Ite
         tenant_cap=settings.tenant_inflight_max, dependency_wait_s=settings.dependency_wait_s,
         idle_s=settings.dispatch_idle_s, weights=settings.tenant_weights, errors=TRANSIENT,
         gauges=SchedulerGauges(settings.topic_tasks, settings.metrics_top_tenants,
-                               settings.metrics_scan_s))
+                               settings.metrics_scan_s),
+        express=settings.gpu_slots)
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), name="dispatcher",
                               daemon=True)

@@ -5,6 +5,9 @@ Celery window while it has room.
     every second: upkeep (expire, release, dependency.unknown, owed callbacks)
     room = window - jobs dispatched and not yet past the gpu stage
     while room: pick one job (one statement), publish its chain, commit
+    window full: up to ``express`` more, each only if it must go before a job of the
+                 window not yet on the gpu (:func:`pick.overtake`), published at the
+                 Redis priority that puts it there
 
 The pick and the publish share one transaction: a publish that fails rolls the pick back
 (the job stays runnable); a commit that fails after the publish leaves a chain whose
@@ -44,9 +47,11 @@ class Dispatcher:
                  tenant_cap: int, dependency_wait_s: float, idle_s: float = 0.1,
                  weights: dict[str, float] | None = None, upkeep_s: float = 1.0,
                  errors: tuple[type[BaseException], ...] = (Exception,),
-                 gauges: metrics.SchedulerGauges | None = None) -> None:
+                 gauges: metrics.SchedulerGauges | None = None, express: int = 1) -> None:
         self.db, self.topic, self.publish = db_engine, topic, publish
         self.window, self.tenant_cap = window, tenant_cap
+        #: Places beyond the full window for jobs that overtake it (one per gpu slot).
+        self.express = max(0, express)
         self.dependency_wait_s, self.idle_s, self.upkeep_s = dependency_wait_s, idle_s, upkeep_s
         self.weights = weights or {}
         self.errors = errors
@@ -93,15 +98,18 @@ class Dispatcher:
         with self.db.connect() as conn:
             room = self.window - pick.ahead_of_gpu(conn, self.topic)
         sent = 0
-        while room > 0 and not self._stop.is_set():
+        choose = pick.pick
+        while room > -self.express and not self._stop.is_set():
+            if room <= 0:  # full: only a job that must go before the window's
+                choose = pick.overtake
             with self.db.begin() as conn:
                 started = time.perf_counter()
-                job = pick.pick(conn, self.topic, self.tenant_cap)
+                job = choose(conn, self.topic, self.tenant_cap)
                 picked = time.perf_counter()
                 metrics.PICK_SECONDS.labels(self.topic).observe(picked - started)
                 if job is None:
                     break
-                self.publish(job.task_id, job.priority, "preprocess")
+                self.publish(job.task_id, job.publish_priority, "preprocess")
                 metrics.DISPATCH_LATENCY.labels(self.topic).observe(
                     job.waited_s + time.perf_counter() - picked)
             sent += 1

@@ -15,6 +15,14 @@ triggers move it from the tenant's runnable count to its in-flight count); the c
 publishes its chain before committing. The tenant row is read, not locked: one dispatcher
 per topic picks, and admission, which updates the same row's counts in its own
 transaction, must not make the pick skip the tenant.
+
+Overtaking (:func:`overtake`): the window's jobs are already in Redis, in order of their
+priority only, and the first of them reaches the gpu when it frees. So a job the pick
+would serve before them (a higher priority, aging included; or a tenant with nothing ahead
+of the gpu while others' jobs wait there) is sent beyond the full window, into one of a
+few extra places, with the Redis priority that puts it before them at every stage: its
+own, or for a tenant's turn, one step above the best priority waiting there. It is then
+the next job to start on the gpu, as if the window had had room when it was admitted.
 """
 
 from __future__ import annotations
@@ -43,6 +51,44 @@ FROM job WHERE tasks.task_id = job.task_id
 RETURNING tasks.task_id, tasks.priority, coalesce(tasks.tenant, '') AS tenant,
           extract(epoch FROM clock_timestamp() - tasks.received_at) AS waited_s""")
 
+#: The pick's choice, sent only when it must go before a job dispatched and not yet on
+#: the gpu (``waiting``: queued or preprocessing, or preprocessed and not started there);
+#: ``lane`` is the Redis priority it is published with.
+_OVERTAKE = text("""
+WITH ahead AS (
+    SELECT coalesce(tenant, '') AS tenant, priority, sonic_rank(received_at, priority) AS rank,
+           coalesce(stage, 'preprocess') = 'preprocess' OR lease_owner IS NULL AS waiting
+    FROM tasks
+    WHERE kafka_topic = :topic AND status IN ('queued', 'running')
+      AND coalesce(stage, 'preprocess') IN ('preprocess', 'gpu')
+), job AS (
+    SELECT t.task_id, t.priority, coalesce(t.tenant, '') AS tenant,
+           sonic_rank(t.received_at, t.priority) AS rank FROM tasks t
+    WHERE t.kafka_topic = :topic AND t.status = 'received'
+      AND coalesce(t.tenant, '') = (
+          SELECT tenant FROM tenants
+          WHERE topic = :topic AND runnable > 0 AND inflight < :tenant_cap
+          ORDER BY inflight / weight, picked_at LIMIT 1)
+      AND (t.deadline IS NULL OR t.deadline > now())
+    ORDER BY sonic_rank(t.received_at, t.priority)
+    LIMIT 1 FOR UPDATE OF t SKIP LOCKED
+), lane AS (
+    SELECT job.task_id, CASE
+        WHEN job.tenant NOT IN (SELECT tenant FROM ahead)
+             AND EXISTS (SELECT 1 FROM ahead WHERE waiting)
+            THEN greatest(0, least(job.priority,
+                                   (SELECT min(priority) FROM ahead WHERE waiting) - 1))
+        WHEN EXISTS (SELECT 1 FROM ahead a WHERE a.waiting AND a.priority > job.priority
+                                               AND a.rank > job.rank)
+            THEN job.priority
+        END AS lane
+    FROM job
+)
+UPDATE tasks SET status = 'queued', stage = 'preprocess', queued_at = now(), updated_at = now()
+FROM lane WHERE tasks.task_id = lane.task_id AND lane.lane IS NOT NULL
+RETURNING tasks.task_id, tasks.priority, coalesce(tasks.tenant, '') AS tenant,
+          extract(epoch FROM clock_timestamp() - tasks.received_at) AS waited_s, lane.lane""")
+
 #: Jobs dispatched and not yet past the gpu stage: the window the dispatcher fills.
 _AHEAD_OF_GPU = text("""
 SELECT count(*) FROM tasks
@@ -63,6 +109,12 @@ class Picked:
     tenant: str
     #: Seconds since its admission, at the pick (PostgreSQL's clock).
     waited_s: float = 0.0
+    #: The Redis priority to publish it with (None: its own priority).
+    lane: int | None = None
+
+    @property
+    def publish_priority(self) -> int:
+        return self.priority if self.lane is None else self.lane
 
 
 def pick(conn: Connection, topic: str, tenant_cap: int) -> Picked | None:
@@ -71,6 +123,15 @@ def pick(conn: Connection, topic: str, tenant_cap: int) -> Picked | None:
     row = conn.execute(_PICK, {"topic": topic, "tenant_cap": tenant_cap}).first()
     return Picked(row.task_id, int(row.priority), row.tenant,
                   float(row.waited_s or 0.0)) if row is not None else None
+
+
+def overtake(conn: Connection, topic: str, tenant_cap: int) -> Picked | None:
+    """Mark the pick's choice queued if it must go before a job already dispatched and not
+    yet on the gpu (see the module docstring), with the Redis priority to publish it
+    with in ``lane``; None otherwise (nothing changed)."""
+    row = conn.execute(_OVERTAKE, {"topic": topic, "tenant_cap": tenant_cap}).first()
+    return Picked(row.task_id, int(row.priority), row.tenant, float(row.waited_s or 0.0),
+                  int(row.lane)) if row is not None else None
 
 
 def ahead_of_gpu(conn: Connection, topic: str) -> int:

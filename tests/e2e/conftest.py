@@ -214,3 +214,13 @@ def stack_e2e(e2e: Stack) -> Stack:
         if proc.poll() is not None:  # a test killed it: bring the pool back
             e2e.start_worker(pool)
     return e2e
+
+
+@pytest.fixture(scope="session")
+def sched(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Any]:
+    """Kafka -> bridge -> dispatcher -> real pools, a timed gpu engine: the scheduler's
+    end-to-end tests (tests/e2e/scheduling.py)."""
+    from tests.e2e.scheduling import start_sched
+
+    yield from start_sched(stack, db_engine, tmp_path_factory.mktemp("sched"))

@@ -1,0 +1,282 @@
+"""The whole path for the scheduler's end-to-end tests: Kafka -> ``python -m bridge`` ->
+PostgreSQL -> the bridge's dispatcher -> real Celery worker pools (``celery -A pipeline``).
+
+One set of worker pools serves every test of a session (fixture ``sched`` in
+``tests/e2e/conftest.py``); each test takes a :class:`Flow`: a topic, consumer group and
+task-id prefix of its own, with bridges started on it. The gpu pool runs the test-only
+``timed`` engine (:mod:`tests.e2e.timed_engine`): a job's gpu stage takes
+``config.inference_steps x 0.05 s`` and no CPU, so the gpu is the bottleneck it is in
+production, and its start and end are known. Media are tiny (a 384 px portrait, a
+second of speech, 64 px output); storage is the local backend; no callbacks.
+
+Times come from PostgreSQL: a job's start is its first stage's ``started`` event, its gpu
+start that of the gpu stage, its end ``tasks.finished_at``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from sqlalchemy import Engine, text
+
+from pipeline.chains import dispatch_one, make_app, queue_keys
+from pipeline.commands import worker_argv
+from pipeline.settings import STAGES, Settings, load
+from tests.e2e.timed_engine import NAME as TIMED
+from tests.pipeline.media.helpers import PORTRAIT, speak
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Redis database of these workers (the suite's other tests use others).
+SCHED_REDIS_DB = 14
+#: Below the ephemeral port range; the pools serve metrics on the next three ports.
+METRICS_PORT = 29300
+FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
+
+
+def _env(settings: dict[str, Any]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
+    env.update({f"SONIC_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
+             interval_s: float = 0.1, logs: Path | None = None) -> Any:
+    """Poll ``predicate`` until it returns something true (returned); on timeout raise
+    AssertionError with the tails of the logs under ``logs``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    tails = []
+    for log in sorted(logs.glob("*.log")) if logs else []:
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if " kafka." not in line]
+        tails.append(f"--- {log.name} ---\n" + "\n".join(lines[-40:]))
+    raise AssertionError("\n".join([f"timed out after {timeout_s}s waiting for {what}",
+                                    *tails]))
+
+
+@dataclass
+class Sched:
+    """The shared worker pools and inputs (see the module docstring)."""
+
+    settings: Settings
+    env: dict[str, str]
+    db_engine: Engine
+    root: Path
+    face: Path
+    speech: Path
+    broken: Path
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start_worker(self, pool: str) -> None:
+        argv = worker_argv(pool, self.settings)
+        env = dict(self.env)
+        if pool == "gpu":  # the real gpu worker, with the timed engine registered
+            argv = [sys.executable, "-m", "tests.e2e.timed_engine", *argv[3:]]
+            env["SONIC_DEFAULT_ENGINE"] = TIMED
+        log = open(self.root / f"worker-{pool}.log", "ab")
+        self.workers[pool] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+
+    def stop_workers(self) -> None:
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.workers.clear()
+
+    def warm_up(self) -> None:
+        """One job straight into Celery (no Kafka) until final: every pool is serving."""
+        task_id = f"sched-warm-{uuid.uuid4().hex[:8]}"
+        message = job_message(self, task_id)
+        with self.db_engine.begin() as conn:
+            conn.execute(text("""
+                INSERT INTO tasks (task_id, kafka_topic, status, stage, payload, config,
+                                   queued_at)
+                VALUES (:t, 'sched-warm', 'queued', 'preprocess', CAST(:p AS jsonb),
+                        CAST(:c AS jsonb), now())"""),
+                {"t": task_id, "p": json.dumps(message), "c": json.dumps(message["config"])})
+        dispatch_one(make_app(self.settings), task_id, 5)
+        try:
+            wait_for(lambda: self.status(task_id) in FINAL, 120, "the warm-up job",
+                     logs=self.root)
+            assert self.status(task_id) == "completed", self.status(task_id)
+        finally:
+            with self.db_engine.begin() as conn:
+                conn.execute(text("DELETE FROM tasks WHERE task_id = :t"), {"t": task_id})
+
+    def status(self, task_id: str) -> str | None:
+        with self.db_engine.connect() as conn:
+            return conn.execute(text("SELECT status FROM tasks WHERE task_id = :t"),
+                                {"t": task_id}).scalar()
+
+    def purge(self) -> None:
+        """Drop every stage message waiting in Redis (a test's window left behind)."""
+        client = redis.Redis(host=self.settings.redis_host, port=self.settings.redis_port,
+                             db=SCHED_REDIS_DB)
+        keys = queue_keys(STAGES)
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def job_message(sched: Sched, task_id: str, steps: int = 1, **extra: Any) -> dict[str, Any]:
+    """A job of ``steps`` x 0.05 s of gpu time on the tiny inputs."""
+    return {"task_id": task_id, "image_url": str(sched.face), "audio_url": str(sched.speech),
+            "config": {"min_resolution": 64, "inference_steps": steps, "seed": 1}, **extra}
+
+
+def start_sched(stack: Settings, db_engine: Engine, root: Path) -> Iterator[Sched]:
+    """The ``sched`` fixture's body: inputs, three pools, one warm-up job."""
+    inputs = root / "inputs"
+    inputs.mkdir(parents=True)
+    face = inputs / "face.jpg"
+    shutil.copy(PORTRAIT, face)
+    speech = speak(inputs / "speech.wav", "Hello there.", speed=220)
+    broken = inputs / "broken.jpg"  # a JPEG header and then noise: image.undecodable
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2048))
+    overrides: dict[str, Any] = {
+        "redis_db": SCHED_REDIS_DB, "state_dir": root / "state", "input_roots": inputs,
+        "storage_backend": "local", "metrics_port": METRICS_PORT, "worker_concurrency": 2,
+        "heartbeat_interval_s": 1, "lease_ttl_s": 10,
+    }
+    (root / "state").mkdir()
+    settings = load(**{k: ([v] if k == "input_roots" else v) for k, v in overrides.items()})
+    sched = Sched(settings, _env(overrides), db_engine, root, face, speech, broken)
+    sched.purge()
+    try:
+        for pool in ("gpu", "cpu", "io"):
+            sched.start_worker(pool)
+        sched.warm_up()
+        yield sched
+    finally:
+        sched.stop_workers()
+        sched.purge()
+
+
+@dataclass
+class Flow:
+    """One test's topic, consumer group and bridges over the shared pools."""
+
+    sched: Sched
+    topic: str
+    partitions: int
+    settings: dict[str, Any]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return self.topic
+
+    # --- processes -----------------------------------------------------------------------
+    def bridge(self, **overrides: Any) -> subprocess.Popen[bytes]:
+        """``python -m bridge`` on this flow's topic (``overrides``: more settings)."""
+        env = dict(self.sched.env)
+        env.update(_env(dict(self.settings, **overrides)))
+        log = open(self.sched.root / f"{self.topic}-bridge-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=timeout_s)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if os.environ.get("SCHED_KEEP"):
+            return
+        with self.sched.db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": self.topic})
+            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": self.topic})
+        self.sched.purge()
+        admin = KafkaAdminClient(**self.sched.settings.kafka_client_config())
+        try:
+            admin.delete_topics([self.topic, f"{self.topic}-dlq"])
+        finally:
+            admin.close()
+
+    # --- Kafka ---------------------------------------------------------------------------
+    def job(self, name: str, steps: int = 1, **extra: Any) -> dict[str, Any]:
+        return job_message(self.sched, f"{self.prefix}-{name}", steps, **extra)
+
+    def produce(self, records: list[tuple[int, str | None, dict[str, Any]]]) -> None:
+        """Send ``(partition, kafka key, message)`` in this order, and flush."""
+        producer = KafkaProducer(acks="all", linger_ms=5,
+                                 **self.sched.settings.kafka_client_config())
+        try:
+            for partition, key, message in records:
+                producer.send(self.topic, key=key.encode() if key else None,
+                              value=json.dumps(message).encode(), partition=partition)
+            producer.flush()
+        finally:
+            producer.close()
+
+    # --- PostgreSQL ----------------------------------------------------------------------
+    def rows(self) -> dict[str, dict[str, Any]]:
+        with self.sched.db_engine.connect() as conn:
+            found = conn.execute(text("SELECT * FROM tasks WHERE kafka_topic = :t"),
+                                 {"t": self.topic}).mappings().all()
+        return {r["task_id"]: dict(r) for r in found}
+
+    def count(self, *statuses: str) -> int:
+        with self.sched.db_engine.connect() as conn:
+            return int(conn.execute(text(
+                "SELECT count(*) FROM tasks WHERE kafka_topic = :t AND status = ANY(:s)"),
+                {"t": self.topic, "s": list(statuses)}).scalar_one())
+
+    def starts(self, stage: str) -> dict[str, datetime]:
+        """Each job's first ``started`` event of ``stage``."""
+        with self.sched.db_engine.connect() as conn:
+            found = conn.execute(text("""
+                SELECT e.task_id, min(e.at) FROM task_events e JOIN tasks t USING (task_id)
+                WHERE t.kafka_topic = :t AND e.stage = :s AND e.event = 'started'
+                GROUP BY 1"""), {"t": self.topic, "s": stage}).all()
+        return {r[0]: r[1] for r in found}
+
+    def wait(self, predicate: Callable[[], Any], timeout_s: float, what: str,
+             interval_s: float = 0.1) -> Any:
+        return wait_for(predicate, timeout_s, what, interval_s, logs=self.sched.root)
+
+
+def make_flow(sched: Sched, partitions: int = 4, **settings: Any) -> Flow:
+    """A new topic (and its DLQ) and the bridge settings for it."""
+    topic = f"sched-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(**sched.settings.kafka_client_config())
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(f"{topic}-dlq", 1, 1)])
+    finally:
+        admin.close()
+    base = {"topic_tasks": topic, "topic_dlq": f"{topic}-dlq",
+            "consumer_group": f"{topic}-group", "metrics_port": 0,
+            "dispatch_idle_s": 0.05}
+    base.update(settings)
+    return Flow(sched, topic, partitions, base)
