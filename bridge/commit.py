@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from bridge import metrics
+
 
 class Watermark:
     def __init__(self) -> None:
@@ -58,6 +60,9 @@ class Watermark:
                 if self._committed.get(tp) != nxt}
 
     def committed(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """A commit of ``offsets`` succeeded."""
+        for topic in {tp.topic for tp in offsets}:
+            metrics.COMMITS.labels(topic).inc()
         for tp, meta in offsets.items():
             self._committed[tp] = meta.offset
 

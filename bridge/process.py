@@ -38,6 +38,7 @@ class Process:
 
     def __call__(self, batch: Decoded) -> BatchOutcome:
         out = BatchOutcome(batch)
+        metrics.CONSUMED.labels(self.topic).inc(len(batch.records))
         if batch.records:
             try:
                 admitted = self.admit(batch)
@@ -55,6 +56,7 @@ class Process:
             return
         for rejection, ok in zip(rejections, self.dead_letters.send(rejections)):
             record = rejection.record
+            metrics.DLQ.labels(self.topic, "sent" if ok else "failed").inc()
             if ok:
                 metrics.REJECTED.labels(rejection.error.code).inc()
             else:

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, Engine, text
 
+from pipeline import metrics
 from pipeline.state import bulk
 from pipeline.state.bulk import EventRow
 
@@ -151,6 +152,9 @@ def sweep(db_engine: Engine, *, topic: str, max_attempts: int, dispatch: Dispatc
                             dispatch) >= limit
     if epoch is not None and broker is not None and not more:
         broker.confirm(epoch)  # else the next sweep goes on with the rest
+    for reason, runs in (("expired", out.requeued), ("stalled", out.stalled)):
+        for stage in {s for _, s in runs}:
+            metrics.count_takeover(stage, reason, sum(1 for _, s in runs if s == stage))
     if out.requeued or out.lost or out.stalled or out.callbacks_expired:
         log.warning("reconciler: %d stages re-queued, %d lost, %d stalled re-sent%s, "
                     "%d callbacks given up", len(out.requeued), len(out.lost),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import celeryd_init, worker_process_shutdown
+from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 
 from pipeline import metrics
 from pipeline.celery_config import POOLS
@@ -31,6 +31,12 @@ def metrics_port(settings: Settings, queues: set[str]) -> int | None:
     return None
 
 
+def pool_of(queues: set[str]) -> str | None:
+    """The pool whose queues these are (None for another set)."""
+    return next((pool for pool, pool_queues in POOLS.items() if queues == set(pool_queues)),
+                None)
+
+
 def connect(settings: Settings) -> None:
     @celeryd_init.connect(weak=False)
     def _worker_init(sender: str | None = None, options: dict[str, Any] | None = None,
@@ -43,6 +49,12 @@ def connect(settings: Settings) -> None:
         if port is not None:
             directory = settings.state_dir / "metrics" / f"{sender or 'worker'}-{port}"
             metrics.serve_worker_metrics(directory, port, settings.host)
+
+    @worker_process_init.connect(weak=False)
+    def _child_started(**_: Any) -> None:
+        pool = pool_of(QUEUES)
+        if pool is not None:
+            metrics.worker_started(pool, POOLS[pool], settings.default_engine)
 
     @worker_process_shutdown.connect(weak=False)
     def _child_exited(pid: int | None = None, **_: Any) -> None:

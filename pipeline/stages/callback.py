@@ -12,11 +12,14 @@ attempt (``callback_attempts`` stays); it is a ``delivery`` event with ``reason`
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 
+from pipeline import metrics
 from pipeline.errors import CallbackPaused, CallbackRetry, PermanentError
 from pipeline.inputs.urls import check_callback_url
 from pipeline.stages.runner import StageContext
@@ -68,9 +71,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     url, settings = task["callback_url"], ctx.settings
     try:
         host = destination(check_callback_url(url, settings))
-        result = flow_for(settings).send(host, lambda: deliver(
+        result = flow_for(settings).send(host, lambda: _measured(host, lambda: deliver(
             url, payload_of(ctx), message_id(ctx.task_id, task["status"]), settings,
-            attempt=attempt))
+            attempt=attempt)))
     except CallbackPaused as exc:  # no request was made: not an attempt
         journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=made,
                        detail=exc.as_dict())
@@ -93,6 +96,26 @@ def run(ctx: StageContext) -> dict[str, Any]:
     journal.record(ctx.db_engine, ctx.task_id, "callback", "delivery", attempt=attempt,
                    duration_s=result.duration, detail={"status_code": result.status_code})
     return {"callback_status": "delivered", "callback_attempts": attempt}
+
+
+T = TypeVar("T")
+
+
+def _measured(host: str, attempt: Callable[[], T]) -> T:
+    """Make one attempt; count its outcome and seconds for ``host`` (a request that was
+    not allowed to leave, ``input.forbidden_url``, is no attempt)."""
+    began = time.monotonic()
+    try:
+        result = attempt()
+    except CallbackRetry:
+        metrics.observe_callback(host, "retry", time.monotonic() - began)
+        raise
+    except PermanentError as exc:
+        if exc.code == "callback.rejected":
+            metrics.observe_callback(host, "rejected", time.monotonic() - began)
+        raise
+    metrics.observe_callback(host, "delivered", time.monotonic() - began)
+    return result
 
 
 def _too_old(ctx: StageContext) -> bool:

@@ -156,6 +156,7 @@ def run_stage(settings: Settings, db_engine: Engine, task_id: str, stage: str,
         delay = backoff_delay(retries + 1, base=1.0, cap=DB_RETRY_CAP_S)
         log.warning("stage %s of %s: %s; retried in %.1f s", stage, task_id, error, delay)
         metrics.count_failure(stage, error.code)
+        metrics.count_retry(stage, error.code)
         return Result(StageOutcome.RETRY, delay_s=delay, error=error, owner=owner)
 
 
@@ -201,6 +202,11 @@ def _run(settings: Settings, db_engine: Engine, task_id: str, stage: str, fn: St
 
 def _since(ctx: StageContext) -> float:
     return time.monotonic() - ctx.started
+
+
+def _engine(ctx: StageContext) -> str:
+    """The engine label of the stage's metrics: the job's, else the default one."""
+    return str(ctx.task.get("engine") or ctx.settings.default_engine)
 
 
 def _beat(ctx: StageContext) -> type[Interrupted] | None:
@@ -270,10 +276,11 @@ def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
     if not _durably(ctx.settings, advance):
         _record(ctx.db_engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
                 attempt=lease.attempt, duration_s=duration)
+        metrics.count_takeover(lease.stage, "lost")
         return Result(StageOutcome.SKIP)
     _record(ctx.db_engine, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration)
-    metrics.observe_stage(lease.stage, "succeeded", duration)
+    metrics.observe_stage(lease.stage, "succeeded", duration, _engine(ctx))
     return Result(StageOutcome.CONTINUE)
 
 
@@ -286,7 +293,9 @@ def _stopped(ctx: StageContext, exc: LeaseLost) -> Result:
         remove_workdir(ctx.settings, lease.task_id)
     _record(ctx.db_engine, lease.task_id, lease.stage, "cancelled" if cancelled else "lease_lost",
             worker=lease.owner, attempt=lease.attempt, duration_s=_since(ctx))
-    metrics.observe_stage(lease.stage, "stopped", _since(ctx))
+    metrics.observe_stage(lease.stage, "stopped", _since(ctx), _engine(ctx))
+    if not cancelled:
+        metrics.count_takeover(lease.stage, "lost")
     return Result(StageOutcome.SKIP)
 
 
@@ -315,7 +324,7 @@ def _failed(ctx: StageContext, exc: PipelineError, duration: float,
         remove_workdir(ctx.settings, lease.task_id)  # failed for good: nothing reads it
     _record(ctx.db_engine, lease.task_id, lease.stage, "failed", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration, detail=_detail(exc, cause))
-    metrics.observe_stage(lease.stage, "failed", duration)
+    metrics.observe_stage(lease.stage, "failed", duration, _engine(ctx))
     metrics.count_failure(lease.stage, exc.code)
     return Result(StageOutcome.FAILED, error=exc)
 
@@ -331,5 +340,6 @@ def _retry(ctx: StageContext, exc: PipelineError, duration: float, cap: int,
     _record(ctx.db_engine, lease.task_id, lease.stage, "retrying", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration,
             detail={**_detail(exc, cause), "delay_s": round(delay, 3)})
-    metrics.observe_stage(lease.stage, "retrying", duration)
+    metrics.observe_stage(lease.stage, "retrying", duration, _engine(ctx))
+    metrics.count_retry(lease.stage, exc.code)
     return Result(StageOutcome.RETRY, delay_s=delay, error=exc)

@@ -121,7 +121,8 @@ def test_pools_serve_stage_metrics_and_the_gpu_engine_is_warm(stack_e2e: Stack,
     base = stack_e2e.settings.metrics_port
     scraped = {pool: requests.get(f"http://127.0.0.1:{base + 1 + i}/metrics", timeout=10).text
                for i, pool in enumerate(("gpu", "cpu", "io"))}
-    assert 'sonic_stage_duration_seconds_count{outcome="succeeded",stage="gpu"}' in scraped["gpu"]
+    assert ('sonic_stage_duration_seconds_count{engine="builtin",outcome="succeeded",'
+            'stage="gpu"}') in scraped["gpu"]
     assert 'stage="preprocess"' in scraped["cpu"] and 'stage="encode"' in scraped["cpu"]
     assert 'stage="upload"' in scraped["io"]
     log = (stack_e2e.settings.state_dir / "worker-gpu.log").read_text()
