@@ -1,6 +1,9 @@
 """Step 2: admit a batch in one Postgres transaction (jobs, rejects, events), each new job
-scheduled in the same transaction (:func:`pipeline.scheduler.settle.settle`: runnable,
-waiting for its ordering key or dependencies, or refused for a dependency cycle).
+scheduled in the same transaction: a job with ``depends_on`` by
+:func:`pipeline.scheduler.settle.settle` (runnable, waiting for its ordering key or
+dependencies, failed for a failed one, or refused for a dependency cycle), then the others
+held for their ordering key where an earlier job of it is not final
+(:func:`pipeline.state.admission.hold`, settle's rule for them, on the few it can apply to).
 
 A row Postgres refuses to store (a NUL or NaN inside the JSON, say) would fail the whole
 batch: the batch is then retried without it, and it becomes a rejection of its own.
@@ -9,6 +12,7 @@ batch: the batch is then retried without it, and it becomes a rejection of its o
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +20,7 @@ import psycopg2
 
 from bridge.db import Postgres
 from bridge.decode import Decoded, Rejection
+from bridge.phases import PHASES
 from pipeline.errors import InvalidMessage
 from pipeline.scheduler.settle import settle
 from pipeline.state import admission
@@ -49,9 +54,14 @@ class Admit:
     def _write(self, rows: list[tuple[Any, ...]], rejections: list[Rejection]) -> Any:
         rejects = [row for row in (r.row() for r in rejections) if row is not None]
         with self.db.transaction() as cur:
-            result = admission.admit(cur, rows, rejects)
-            settle(cur, result.new)
-            return result
+            with PHASES.timed("copy"):
+                result = admission.admit(cur, rows, rejects)
+            with PHASES.timed("settle"):
+                settle(cur, result.to_settle)
+                admission.hold(cur, result.to_hold)
+            committing = time.perf_counter()
+        PHASES.add("pg_commit", time.perf_counter() - committing)
+        return result
 
     def _isolate(self, batch: Decoded) -> tuple[list[tuple[Any, ...]], list[Rejection]]:
         """Try each row alone (rolled back); keep the storable ones."""

@@ -35,6 +35,7 @@ from bridge.consumer import Rebalance
 from bridge.decode import Decoded
 from bridge.errors import TRANSIENT
 from bridge.guard import InvalidRatio
+from bridge.phases import PHASES
 from bridge.process import BatchOutcome
 from bridge.signals import Shutdown
 from bridge.undecodable import Salvage
@@ -90,17 +91,22 @@ class Loop:
         finally:
             self.collect(self.batches.outcomes(wait=True))
             self.final_commit()
+            log.info("bridge: %s", PHASES.line())
 
     def once(self) -> None:
         flow = self._flow()
+        polling = time.perf_counter()
         records = self._poll(flow.max_records)
         self.watermark.drop(self.rebalance.take_gone())
         if records:
+            PHASES.add("poll", time.perf_counter() - polling)
             batch = [r for part in records.values() for r in part]
+            PHASES.count(len(batch))
             for record in batch:
                 self.watermark.track(TopicPartition(record.topic, record.partition),
                                      record.offset)
-            decoded = self.decode(batch)
+            with PHASES.timed("decode"):
+                decoded = self.decode(batch)
             self.guard.observe(decoded.invalid)
             self.submitted += len(decoded.rows)
             self.batches.submit(decoded)
@@ -176,7 +182,8 @@ class Loop:
         if not offsets:
             return True
         try:
-            self.consumer.commit(offsets)
+            with PHASES.timed("kafka_commit"):
+                self.consumer.commit(offsets)
         except CommitFailedError as exc:
             # The group rebalanced under the commit. Partitions assigned back keep their
             # position (and this watermark): committed after the rejoin. Those that went
