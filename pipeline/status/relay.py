@@ -3,8 +3,10 @@ task, and caches each task's latest status in Redis.
 
     hold the topic's advisory lock (one active relay per topic; the others stand by)
     read the oldest unpublished events (id order: per task, commit order)
-    cache the newest per task -> send to Kafka, wait for the acks
-    mark published the events Kafka has, unless an earlier event of the same task failed
+    cache the newest per task
+    send them in waves: each task's first event, wait for the acks, then each task's
+        second one ... (a task's next event leaves only once Kafka has the one before)
+    mark published the events Kafka has
     Kafka down: back off (1 s doubling to 10 s), keep the cache current, try again
     every minute: prune published events past retention
 
@@ -39,16 +41,31 @@ _UNLOCK = text("SELECT pg_advisory_unlock(hashtext(:key))")
 Publish = Callable[[Sequence[StatusEvent]], list[bool]]
 
 
-def acknowledged(events: Sequence[StatusEvent], done: Sequence[bool]) -> list[int]:
-    """Ids to mark published: each task's events up to its first failure (a later event of
-    that task is sent again after it, never before)."""
-    blocked: set[str] = set()
+def waves(events: Sequence[StatusEvent]) -> list[list[StatusEvent]]:
+    """``events`` (id order) in waves: the first wave holds each task's first event, the
+    second each task's second one, and so on."""
+    out: list[list[StatusEvent]] = []
+    seen: dict[str, int] = {}
+    for event in events:
+        index = seen.get(event["task_id"], 0)
+        seen[event["task_id"]] = index + 1
+        if index == len(out):
+            out.append([])
+        out[index].append(event)
+    return out
+
+
+def publish_in_order(publish: Publish, events: Sequence[StatusEvent]) -> list[int]:
+    """Send ``events`` wave by wave (:func:`waves`) and return the ids Kafka has. A task's
+    event is sent only once Kafka acknowledged the one before it, so a refused event is
+    never overtaken by a later one (Kafka's own ordering does not survive an expired
+    batch). The first wave with a refusal ends the pass: Kafka is down or refusing."""
     ids: list[int] = []
-    for event, ok in zip(events, done):
-        if not ok:
-            blocked.add(event["task_id"])
-        elif event["task_id"] not in blocked:
-            ids.append(event["id"])
+    for wave in waves(events):
+        done = publish(wave)
+        ids += [event["id"] for event, ok in zip(wave, done) if ok]
+        if not all(done):
+            break
     return ids
 
 
@@ -103,8 +120,7 @@ class Relay:
         if not events:
             return 0, 0
         self._cache(events)
-        done = self.publish(events)
-        ids = acknowledged(events, done)
+        ids = publish_in_order(self.publish, events)
         if ids:
             with self.db.begin() as conn:
                 outbox.mark_published(conn, ids)
