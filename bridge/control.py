@@ -215,11 +215,15 @@ class Control:
             raise OSError("the DLQ did not acknowledge every refused control record")
         for rejection in batch.rejections:
             metrics.CONTROL_INVALID.labels(rejection.error.code).inc()
-        by_reason: dict[str, list[str]] = {}
+        # In record order; consecutive commands with the same reason are one statement.
+        runs: list[tuple[str, list[str]]] = []
         for command in batch.commands:
-            by_reason.setdefault(command.reason, []).extend(command.task_ids)
+            if runs and runs[-1][0] == command.reason:
+                runs[-1][1].extend(command.task_ids)
+            else:
+                runs.append((command.reason, list(command.task_ids)))
         outcomes: list[str] = []
-        for reason, ids in by_reason.items():
+        for reason, ids in runs:
             done = apply_cancel(self.db, self.tasks_topic, list(dict.fromkeys(ids)), reason)
             log.info("control: cancel (%s): %s", reason,
                      ", ".join(f"{t} {o}" for t, o in list(done.items())[:20]))
