@@ -53,9 +53,10 @@ def describe(conn: Connection, task_id: str) -> dict[str, Any]:
     elif status == Status.RECEIVED.value:
         place = jobs.backlog_position(conn, row)
         out["backlog"] = place
+        tenant = f"tenant {row['tenant']}'s" if row["tenant"] else "the default tenant's"
         out["summary"] = (f"queued in the backlog (not dispatched yet): position "
-                          f"{place['position']} in tenant {row['tenant'] or '-'!s}'s order, "
-                          f"{place['runnable']} runnable in the topic")
+                          f"{place['position']} in {tenant} order, {place['runnable']} "
+                          "runnable in the topic")
     elif status == Status.QUEUED.value:
         position = jobs.queue_position(conn, row)
         out["queue"] = {"stage": row["stage"], "position": position}
@@ -67,9 +68,13 @@ def describe(conn: Connection, task_id: str) -> dict[str, Any]:
                           "worker": row["lease_owner"],
                           "heartbeat_age_s": age(row["heartbeat_at"], now),
                           "elapsed_s": age(row["started_at"], now)}
-        worker = row["lease_owner"] if live else "no worker (between stages)"
-        out["summary"] = (f"running {out['running']['stage']} at {out['progress']:.0f}% "
-                          f"on {worker}")
+        if live:
+            out["summary"] = (f"running {out['running']['stage']} at {out['progress']:.0f}% "
+                              f"on {row['lease_owner']}")
+        else:
+            out["summary"] = (f"running, between stages at {out['progress']:.0f}%: "
+                              f"{out['running']['stage']} is next, waiting for a worker of "
+                              "its pool")
     else:
         out["summary"] = status
         if row["error_code"]:

@@ -62,3 +62,14 @@ def test_once_after_the_real_run(cli_stack: CliStack, real_run: RealRun) -> None
     frame = json.loads(cli_stack.invoke("top", "--json").stdout)
     assert frame["lag"]["group"] == cli_stack.settings.consumer_group
     assert frame["lag"]["total"] == 0  # the bridge committed everything it read
+
+
+def test_the_live_view_redraws_until_ctrl_c(cli_stack: CliStack) -> None:
+    from tests.cli.conftest import BIN, plain, run_pty
+
+    rc, output = run_pty([str(BIN), "top", "--interval", "0.3"], cli_stack.env, timeout_s=60,
+                         interrupt=lambda seen: plain(seen).count("in flight per pool") >= 3)
+    out = plain(output)
+    assert rc == 0, out
+    assert out.count("in flight per pool") >= 3 and "Traceback" not in out
+    assert "\x1b[" in output  # drawn in place on a terminal
