@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from datetime import datetime, timezone
@@ -35,14 +36,17 @@ def _not_found(task_id: str) -> ApiError:
     return ApiError(404, "task.not_found", f"no task {task_id!r} for this tenant")
 
 
-def _save(part: UploadFile, name: str, folder: Path, settings: Any) -> Path:
-    """Copy an upload to ``folder/name`` (``input.too_large`` past the input cap)."""
-    target = folder / name
+def _save(part: UploadFile, kind: str, folder: Path, settings: Any) -> Path:
+    """Copy an upload to ``folder/kind/<its file name>`` (``input.too_large`` past the input
+    cap); the name, reduced to safe characters, only makes error messages readable."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(part.filename or kind).name)[-100:]
+    target = folder / kind / (name.lstrip(".") or kind)
+    target.parent.mkdir()
     with target.open("wb") as out:
         copied = 0
         while chunk := part.file.read(1024 * 1024):
             copied += len(chunk)
-            check_size(name, copied, settings)
+            check_size(kind, copied, settings)
             out.write(chunk)
     return target
 

@@ -53,15 +53,16 @@ class Checked:
 
 
 def check_size(name: str, size: int, settings: Settings) -> None:
+    """``input.too_large`` when ``size`` bytes of the ``name`` part pass the input cap."""
     if size > settings.max_input_bytes:
-        raise InputError(f"the {name} part is {size} bytes, over SONIC_MAX_INPUT_BYTES="
-                         f"{settings.max_input_bytes}", code="input.too_large")
+        raise InputError(f"the {name} part is over SONIC_MAX_INPUT_BYTES="
+                         f"{settings.max_input_bytes} bytes", code="input.too_large")
 
 
 def check_files(image: Path, audio: Path, settings: Settings) -> Checked:
     """Check both uploads (see the module doc); return what storing them needs."""
-    for name, path in (("image", image), ("audio", audio)):
-        check_size(name, path.stat().st_size, settings)
+    for kind, path in (("image", image), ("audio", audio)):
+        check_size(kind, path.stat().st_size, settings)
     decode_image(image, max_pixels=settings.max_image_pixels)
     with Image.open(image, formats=FORMATS) as im:
         image_ext = IMAGE_EXT.get(str(im.format), "img")

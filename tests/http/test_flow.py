@@ -46,8 +46,12 @@ def test_upload_is_followed_over_sse_to_completed_and_resumes(http_stack: HttpSt
         assert events[-1][1] == "end" and events[-1][2]["status"] == "completed", events
         assert ids == sorted(ids) and len(set(ids)) == len(ids)
         assert statuses[-1] == "completed" and "running" in statuses
-        stages = {data["stage"] for _, name, data in events if data.get("event") == "stage_succeeded"}
-        assert {"preprocess", "gpu", "encode", "upload"} <= stages, events
+        # The stages before the upload each succeeded on the way; the upload's success is
+        # the "completed" event itself (its own stage event follows it).
+        succeeded = [data["stage"] for _, name, data in events
+                     if name == "status" and data["event"] == "stage_succeeded"]
+        assert ["preprocess", "gpu", "encode"] == [s for s in succeeded if s != "upload"], events
+        assert [data["event"] for _, name, data in events if name == "status"][-1] == "completed"
         row = http_stack.row(task_id)
         assert row is not None and row["status"] == "completed" and row["tenant"] == "acme"
         assert row["payload"]["image_url"].startswith("s3://sonic-http-uploads/uploads/acme/")

@@ -3,8 +3,9 @@
 One per test session (``http_stack``, registered in tests/conftest.py so both folders
 share it): a private MinIO and Redis, a Kafka topic of its own, the three worker pools,
 ``python -m bridge`` and ``python -m pipeline.http`` on a free port, all as real
-processes with the same ``SONIC_*`` environment. Tokens: tenants ``acme`` and ``globex``
-and an operator (``*``).
+processes with the same ``SONIC_*`` environment. Tokens: tenants ``acme``, ``globex`` and
+``initech`` (the browser's: a tenant with no other work, so the fair dispatcher serves it
+next) and an operator (``*``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy import Engine, text
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"acme": "acme-token-0123456789", "globex": "globex-token-0123456789",
+          "initech": "initech-token-0123456789",
           "*": "operator-token-0123456789"}
 #: The service's per-part cap in these tests (small, so "too large" costs little).
 MAX_INPUT_BYTES = 3 * 1024 * 1024
