@@ -107,15 +107,17 @@ def rate(settings: Settings, topic: str) -> tuple[int, float]:
     return int(n), float(seconds or 0.0)
 
 
-def run_ours(settings: Settings, topic: str, n: int, profile: bool) -> tuple[float, str]:
-    """jobs/s of ``python -m bridge`` over the topic's first ``n`` jobs; its phases line."""
+def run_ours(settings: Settings, topic: str, n: int, profile: bool,
+             root: Path = ROOT) -> tuple[float, str]:
+    """jobs/s of ``python -m bridge`` (from the tree at ``root``) over the topic's first
+    ``n`` jobs; its phases line."""
     group = f"{topic}-ours-{uuid.uuid4().hex[:6]}"
     env = dict(os.environ, SONIC_TOPIC_TASKS=topic, SONIC_TOPIC_DLQ=f"{topic}-dlq",
                SONIC_CONSUMER_GROUP=group, SONIC_REDIS_DB=str(BENCH_REDIS_DB),
                SONIC_BACKLOG_MAX=str(10 * n), SONIC_BACKLOG_LOW=str(10 * n - 1),
                SONIC_METRICS_PORT="0")
     with open(LOG, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=root, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         spy = None
         if profile:  # py-spy (pip install py-spy) samples every thread of the bridge
@@ -190,6 +192,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="run the bridge under py-spy (/tmp/bench_bridge.spy)")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--other-root", type=Path,
+                        help="also measure the bridge of this source tree (say, an older "
+                             "commit's `git archive`), in the same runs")
     args = parser.parse_args()
     settings = load(redis_db=BENCH_REDIS_DB)
     topic = f"bench-admit-{uuid.uuid4().hex[:8]}"
@@ -197,14 +202,20 @@ def main() -> int:
     ours: list[tuple[float, str]] = []
     naive: list[float] = []
     published: list[float] = []
+    other: list[tuple[float, str]] = []
     try:
         for rep in range(args.reps):
-            order = ("naive", "ours", "publish") if rep % 2 == 0 else ("publish", "ours", "naive")
-            for which in order:
+            order = ("naive", "ours", "other", "publish")
+            for which in order if rep % 2 == 0 else reversed(order):
                 started = time.monotonic()
                 if which == "ours":
                     ours.append(run_ours(settings, topic, args.jobs, args.profile and rep == 0))
                     figure = ours[-1][0]
+                elif which == "other":
+                    if args.other_root is None:
+                        continue
+                    other.append(run_ours(settings, topic, args.jobs, False, args.other_root))
+                    figure = other[-1][0]
                 elif args.skip_naive:
                     continue
                 elif which == "naive":
@@ -225,6 +236,10 @@ def main() -> int:
           f"= {statistics.median(r for r, _ in ours):,.0f} jobs/s "
           f"(runs: {', '.join(f'{r:,.0f}' for r, _ in ours)})")
     print(f"bridge {median[1] or 'phases: (none logged)'}")
+    if other:
+        print(f"other bridge ({args.other_root}): median "
+              f"{statistics.median(r for r, _ in other):,.0f} jobs/s "
+              f"(runs: {', '.join(f'{r:,.0f}' for r, _ in other)})")
     if not naive:
         return 0
     print(f"naive: {args.naive_jobs} jobs x {args.reps} runs, median "
