@@ -133,7 +133,7 @@ class Dispatcher:
             self.gauges.refresh(conn)
         metrics.EXPIRED.labels(self.topic).inc(len(expired))
         if expired or released or unknown or owed:
-            log.info("dispatcher: %d expired, %d released, %d failed on unknown "
+            log.info("dispatcher: %d expired, %d released, %d failed on their "
                      "dependencies, %d callbacks sent", len(expired), len(released),
                      len(unknown), len(owed))
 

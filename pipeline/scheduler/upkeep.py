@@ -2,10 +2,13 @@
 
     expire       jobs of the topic past their deadline that have not started (received,
                  waiting, or queued with no stage running): ``expired``, ``task.deadline``
-    resolve      waiting jobs whose ordering key and dependencies allow them now (the
-                 triggers release them at once; this catches a job admitted while what
-                 it waited for was ending), and those waiting longer than
-                 ``dependency_wait_s`` for an id never admitted: ``dependency.unknown``
+    resolve      waiting jobs whose ordering key and dependencies allow them now, or
+                 whose dependency ended without completing (``dependency.failed``): the
+                 triggers do both at once; this catches a job admitted while what it
+                 waited for was ending, and a dependency refused at the door after its
+                 dependents were admitted (a row inserted final fires no trigger); and
+                 those waiting longer than ``dependency_wait_s`` for an id never
+                 admitted: ``dependency.unknown``
     owed         jobs the scheduler finished (expired, cancelled, a dependency failed) and
                  messages rejected at the door that named an allowed callback URL, whose
                  callback no worker will send: returned once, to be published;
@@ -42,6 +45,20 @@ WHERE task_id = ANY(:ids) AND status = 'waiting'
   AND sonic_deps_ready(task_id) AND sonic_key_head(ordering_key, seq)
 RETURNING task_id""")
 
+_FAILED = text("""
+UPDATE tasks t SET status = 'failed', error_code = 'dependency.failed',
+    error_message = format('it depends on %s, which ended %s%s', f.dep, f.status,
+                           coalesce(' (' || f.code || ')', '')),
+    finished_at = now(), updated_at = now()
+FROM (SELECT DISTINCT ON (d.task_id) d.task_id, d.depends_on AS dep, p.status,
+             p.error_code AS code
+      FROM task_dependencies d JOIN tasks p ON p.task_id = d.depends_on
+      WHERE d.task_id = ANY(:ids)
+        AND p.status IN ('failed', 'cancelled', 'expired', 'rejected')
+      ORDER BY d.task_id, d.depends_on) f
+WHERE t.task_id = f.task_id AND t.status = 'waiting'
+RETURNING t.task_id""")
+
 _UNKNOWN = text("""
 UPDATE tasks t SET status = 'failed', error_code = 'dependency.unknown',
     error_message = format('it depends on %s, which was never admitted (waited %s s)',
@@ -76,15 +93,17 @@ def expire(conn: Connection, topic: str, limit: int = 500) -> list[str]:
 def resolve(conn: Connection, topic: str, after: datetime, wait_s: float,
             limit: int = 1000) -> tuple[list[str], list[str], datetime | None]:
     """Release the waiting jobs of one page (``received_at >= after``) that may run now,
-    and fail those waiting longer than ``wait_s`` for an id never admitted.
+    fail those of the page whose dependency ended without completing, and fail those
+    waiting longer than ``wait_s`` for an id never admitted.
 
     Returns (released, failed, where the next page starts: None to start over)."""
     page = conn.execute(_WAITING_PAGE, {"topic": topic, "after": after,
                                         "limit": limit}).all()
-    released = [r.task_id for r in conn.execute(
-        _RELEASE, {"ids": [r.task_id for r in page]})] if page else []
-    failed = [r.task_id for r in conn.execute(_UNKNOWN, {"topic": topic, "wait": wait_s,
-                                                         "limit": limit})]
+    ids = {"ids": [r.task_id for r in page]}
+    failed = [r.task_id for r in conn.execute(_FAILED, ids)] if page else []
+    released = [r.task_id for r in conn.execute(_RELEASE, ids)] if page else []
+    failed += [r.task_id for r in conn.execute(_UNKNOWN, {"topic": topic, "wait": wait_s,
+                                                          "limit": limit})]
     return released, failed, (page[-1].received_at if len(page) >= limit else None)
 
 
