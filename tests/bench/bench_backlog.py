@@ -135,6 +135,7 @@ def main() -> int:
         stack.stop("bridge")
         for pool in ("gpu", "cpu", "io"):
             stack.stop(pool)
+        write_result("backlog", result)  # before the clean-up, which takes a while
     print(f"cores: {os.cpu_count()}")
     print(f"backlog {n:,} jobs: admitted {result['admitted']:,} in {result['admit_s']:.1f} s "
           f"with no worker; lost {result['lost']}, rejected {result['rejected']}, committed "
@@ -148,7 +149,6 @@ def main() -> int:
           f" s = {result['drain_rate_per_s']:.1f} jobs/s -> the whole backlog in about "
           f"{result['drain_full_estimate_s'] / 3600:.1f} h; Redis at most "
           f"{result['redis_max_bytes_draining'] / 1024:.1f} KiB while draining")
-    write_result("backlog", result)
     return 0
 
 

@@ -165,7 +165,7 @@ def run_ours(idle_jobs: int, repeat: int, rate: float, load_s: float) -> dict[st
         n = int(rate * load_s)
         started = time.monotonic()
         load_parts = _ours_run(stack, [stack.job(f"{stack.topic}-load-{i}") for i in range(n)],
-                               rate, 240)
+                               rate, 120 + 3 * n)
         elapsed = time.monotonic() - started
     return {"idle_runs": idle_runs,
             "idle_p50_ms": median([r["overhead"]["p50_ms"] for r in idle_runs]),
@@ -181,7 +181,8 @@ def main() -> int:
     parser.add_argument("--idle-jobs", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rate", type=float, default=50.0)
-    parser.add_argument("--load-s", type=float, default=10.0)
+    parser.add_argument("--load-s", type=float, default=4.0,
+                        help="seconds of load (at 50/s on 2 cores the jobs queue: keep short)")
     args = parser.parse_args()
     with stack_lock():
         base = run_baseline(args.idle_jobs, args.repeat, args.rate, args.load_s)

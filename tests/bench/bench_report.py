@@ -97,7 +97,8 @@ def overhead_rows(data: dict[str, Any] | None) -> list[Row]:
         Row("orchestration overhead p99 at idle (ms)", _num(ours["idle_p99_ms"]),
             _num(base["idle_p99_ms"]), f"{ours['idle_p99_ms'] / base['idle_p99_ms']:.1f}x"),
         Row(f"overhead p50 / p99 at {rate:g} jobs/s offered (ms; {load['completed']}/"
-            f"{load['jobs']} jobs)", f"{_num(load['overhead']['p50_ms'], 0)} / "
+            f"{load['jobs']} jobs done at {load['completed'] / load['drained_in_s']:.1f}/s: "
+            "queueing)", f"{_num(load['overhead']['p50_ms'], 0)} / "
             f"{_num(load['overhead']['p99_ms'], 0)}",
             f"{_num(base['load']['p50_ms'])} / {_num(base['load']['p99_ms'])}",
             f"{load['overhead']['p50_ms'] / base['load']['p50_ms']:.0f}x"),

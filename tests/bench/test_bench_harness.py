@@ -32,7 +32,7 @@ def _results(folder: Path, gpu_fraction: float = 0.985) -> None:
             "ours": {"idle_p50_ms": 300.0, "idle_p99_ms": 700.0, "idle_samples_s": samples,
                      "idle_runs": [], "load": {
                          "overhead": {"p50_ms": 9000.0, "p99_ms": 15000.0}, "jobs": 100,
-                         "completed": 100, "samples_s": samples}}},
+                         "completed": 100, "drained_in_s": 50.0, "samples_s": samples}}},
         "gpu": {"sleep_s": 2.0, "ratio": 1.4, "ours": {
             "fraction": gpu_fraction, "jobs": 3, "intervals": [[0, 2], [2.02, 4.02], [4.05, 6]]},
             "baseline": {"fraction": 0.7, "jobs": 2, "intervals": [[0, 2], [2.9, 4.9]]}},
