@@ -17,6 +17,7 @@ help:
 	@echo "make up|down|status  the local Kafka / Redis / PostgreSQL stack"
 	@echo "make worker [POOL=all|gpu|cpu|io]   Celery workers;  make bridge;  make flower"
 	@echo "make bench         benchmarks (figures and ratios against a baseline)"
+	@echo "make chaos         the long versions of end-to-end scenarios (not in make test)"
 
 venv: $(VENV)/.installed
 
@@ -51,6 +52,9 @@ test: db promtool
 
 test-fast: db promtool
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+chaos: db
+	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 # promtool (the alert rules' unit tests), built once from its Go module.
 promtool: venv
