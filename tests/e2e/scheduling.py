@@ -212,8 +212,6 @@ class Flow:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        if os.environ.get("SCHED_KEEP"):
-            return
         with self.sched.db_engine.begin() as conn:
             conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": self.topic})
             conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": self.topic})
