@@ -95,7 +95,6 @@ def create_task(
     except PipelineError as exc:
         REFUSED.labels(exc.code).inc()
         raise
-    res.store.mark_submitted(task_id, who.tenant)
     try:
         partition, offset = res.kafka.send(task_id, value)
     except ServiceUnavailable:
@@ -105,6 +104,8 @@ def create_task(
         except PipelineError:
             pass  # the objects stay; nothing refers to them
         raise
+    # Before the answer names the id, so no read of it can miss both this and the row.
+    res.store.mark_submitted(task_id, who.tenant)
     SUBMITTED.labels(who.tenant or "").inc()
     body = {"task_id": task_id, "status": "submitted", "tenant": who.tenant,
             "image_url": refs["image"], "audio_url": refs["audio"],

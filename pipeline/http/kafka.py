@@ -1,8 +1,8 @@
 """Producing jobs to the task topic, and telling whether Kafka answers.
 
 One producer per process (``acks=all``, idempotent), made on first use so the service
-starts while Kafka is down; a send waits at most ``SEND_TIMEOUT_S`` for the broker's
-acknowledgement, else :class:`ServiceUnavailable` (the caller answers 503; nothing was
+starts while Kafka is down; a send waits at most ``BOOTSTRAP_TIMEOUT_S`` for a first
+broker and ``SEND_TIMEOUT_S`` for the acknowledgement, else :class:`ServiceUnavailable` (the caller answers 503; nothing was
 admitted). :meth:`Kafka.healthy` asks the cluster for its metadata, bounded in time.
 """
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a produce may wait for the broker's acknowledgement.
 SEND_TIMEOUT_S = 10.0
+#: Seconds a new client waits for a broker (the library's default is 30).
+BOOTSTRAP_TIMEOUT_S = 5.0
 #: Seconds a health check waits for the cluster's answer.
 CHECK_TIMEOUT_S = 2.0
 
@@ -38,7 +40,8 @@ class Kafka:
         self._check: Future[Any] | None = None
 
     def _client_config(self) -> dict[str, Any]:
-        return {**self.settings.kafka_client_config(), "request_timeout_ms": 5000}
+        return {**self.settings.kafka_client_config(), "request_timeout_ms": 5000,
+                "bootstrap_timeout_ms": int(BOOTSTRAP_TIMEOUT_S * 1000)}
 
     def producer(self) -> KafkaProducer:
         with self._lock:

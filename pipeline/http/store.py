@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,8 @@ from sqlalchemy import Engine, text
 
 from pipeline import status
 from pipeline.state.status import FINAL, Status
+
+log = logging.getLogger(__name__)
 
 #: A produced job reads as ``submitted`` this long, or until the bridge admits it.
 SUBMITTED_TTL_S = 3600
@@ -126,11 +129,18 @@ class TaskStore:
 
     # --- produced, not admitted yet ----------------------------------------------------
     def mark_submitted(self, task_id: str, tenant: str | None) -> None:
-        self.redis.set(_SUBMITTED + task_id, tenant or "", ex=SUBMITTED_TTL_S)
+        """Best effort: without Redis a job reads as unknown until it is admitted."""
+        try:
+            self.redis.set(_SUBMITTED + task_id, tenant or "", ex=SUBMITTED_TTL_S)
+        except redis.RedisError as exc:
+            log.warning("cannot mark %s submitted: %s", task_id, exc)
 
     def submitted(self, task_id: str) -> str | None:
         """The tenant ('' for none) of a job produced but not admitted, else None."""
-        value = self.redis.get(_SUBMITTED + task_id)
+        try:
+            value = self.redis.get(_SUBMITTED + task_id)
+        except redis.RedisError:
+            return None
         return value.decode() if value is not None else None
 
 
