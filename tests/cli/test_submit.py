@@ -92,3 +92,19 @@ def test_bad_options_are_usage_errors(cli_stack: CliStack) -> None:
                  ["list", "--status", "nope"], ["list", "--since", "yesterday-ish"]):
         result = cli_stack.invoke(*args)
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_an_upload_the_workers_could_not_read_is_warned_about(cli_stack: CliStack) -> None:
+    """The upload bucket outside SONIC_INPUT_BUCKETS: the job still goes (the workers' own
+    settings decide), with one warning line naming the setting."""
+    topic = f"{cli_stack.topic}-warn"
+    result = cli_stack.invoke("submit", "--image", str(cli_stack.face), "--audio",
+                              "https://h.example.com/a.wav", "--task-id", "warn-1",
+                              SONIC_TOPIC_TASKS=topic, SONIC_INPUT_BUCKETS="somewhere-else")
+    assert result.exit_code == 0, result.output
+    warning, = result.stderr.strip().splitlines()
+    bucket = cli_stack.settings.upload_bucket
+    assert warning == (f"sonic-pipeline: warning: the uploaded image s3://{bucket}/uploads/"
+                       f"warn-1/image.jpg is not readable with these settings: s3://{bucket}/"
+                       "uploads/warn-1/image.jpg is outside SONIC_INPUT_BUCKETS")
+    assert json.loads(result.stdout)["image_url"] == f"s3://{bucket}/uploads/warn-1/image.jpg"
