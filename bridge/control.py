@@ -36,6 +36,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import Engine, text
 
+from bridge.consumer import make_consumer as make_task_consumer
 from bridge.decode import Rejection
 from bridge.dlq import DeadLetters
 from bridge.errors import TRANSIENT
@@ -240,13 +241,12 @@ class Control:
 
 
 def make_consumer(settings: Settings) -> KafkaConsumer:
-    """The control topic's consumer: its own group, manual commits, from the earliest."""
-    consumer = KafkaConsumer(
-        group_id=f"{settings.consumer_group}-control", client_id="sonic-bridge-control",
-        enable_auto_commit=False, auto_offset_reset="earliest",
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=max(1000, settings.kafka_session_timeout_ms // 5),
-        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS, **settings.kafka_client_config())
+    """The control topic's consumer: the task consumer's configuration (manual commits,
+    from the earliest, its fix of kafka-python's join race) in a group of its own."""
+    consumer = make_task_consumer(
+        settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-control",
+                                    "bridge_batch_max": 500}),
+        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS)
     consumer.subscribe([settings.topic_control])
     return consumer
 

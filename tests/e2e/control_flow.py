@@ -144,6 +144,8 @@ class Flow:
 
     def settled(self, task_id: str) -> dict[str, Any] | None:
         """The row once final with its callback delivered (or none owed), else None."""
+        if self.status(task_id) is None:  # not admitted yet
+            return None
         row = self.row(task_id)
         if row["status"] in FINAL and row["callback_status"] in ("delivered", "none",
                                                                   "failed"):
