@@ -39,13 +39,43 @@ def pg_bytes(stack: BenchStack) -> int:
 
 
 def redis_window(stack: BenchStack) -> dict[str, int]:
-    """Keys and bytes (``MEMORY USAGE``) of the pipeline's Redis database, and the number
-    of Celery messages queued in it."""
+    """The pipeline's Redis database: every key's ``MEMORY USAGE``, split into the status
+    cache (``sonic:status:*``, one key per job) and the rest (Celery's queues: the window),
+    and the Celery messages queued."""
     client = stack.redis()
-    keys = list(client.scan_iter(count=1000))
-    size = sum(int(client.memory_usage(k) or 0) for k in keys)
-    queued = sum(int(client.llen(k)) for k in keys if client.type(k) == b"list")
-    return {"keys": len(keys), "bytes": size, "messages": queued}
+    out = {"keys": 0, "bytes": 0, "status_keys": 0, "status_bytes": 0, "messages": 0}
+    sampled: list[int] = []
+    for k in client.scan_iter(count=5000):
+        if k.startswith(b"sonic:status:"):
+            out["status_keys"] += 1
+            if len(sampled) < 500:  # their sizes are alike: a sample, not 100,000 calls
+                sampled.append(int(client.memory_usage(k) or 0))
+            continue
+        out["keys"] += 1
+        out["bytes"] += int(client.memory_usage(k) or 0)
+        if client.type(k) == b"list":
+            out["messages"] += int(client.llen(k))
+    if sampled:
+        out["status_bytes"] = out["status_keys"] * sum(sampled) // len(sampled)
+    return out
+
+
+def pg_row_bytes(stack: BenchStack) -> int:
+    """Bytes of the topic's rows in ``tasks`` and ``task_events`` (tuple data, no index)."""
+    from sqlalchemy import text
+
+    with stack.db.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT coalesce((SELECT sum(pg_column_size(t.*)) FROM tasks t "
+            "WHERE kafka_topic = :t), 0) + coalesce((SELECT sum(pg_column_size(e.*)) "
+            "FROM task_events e JOIN tasks t USING (task_id) WHERE t.kafka_topic = :t), 0)"),
+            {"t": stack.topic}).scalar())
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def committed(stack: BenchStack) -> int:
@@ -113,6 +143,7 @@ def main() -> int:
             "redis": redis_window(stack),
             "window": stack.settings.gpu_slots * stack.settings.dispatch_lead,
             "pg_rows": stack.count(), "pg_bytes": pg_bytes(stack) - before,
+            "pg_row_bytes": pg_row_bytes(stack), "pg_total_bytes": pg_bytes(stack),
             "rejected": stack.count("AND status = 'rejected'"),
             "committed_offsets": committed(stack)})
         result["lost"] = n - result["pg_rows"]
@@ -120,14 +151,16 @@ def main() -> int:
         stack.start_workers()
         stack.wait_workers()
         drain_started = time.monotonic()
+        bridge_cpu0 = cpu_s(pid)
         done0 = stack.count("AND status = 'completed'")
         redis_max = 0
         while time.monotonic() - drain_started < args.drain_s:
             redis_max = max(redis_max, redis_window(stack)["bytes"])
-            time.sleep(1)
+            time.sleep(5)
         drained = stack.count("AND status = 'completed'") - done0
         elapsed = time.monotonic() - drain_started
         rate = drained / elapsed
+        result["bridge_cpu_share_draining"] = (cpu_s(pid) - bridge_cpu0) / elapsed
         result.update({"drain_subset_jobs": drained, "drain_subset_s": elapsed,
                        "drain_rate_per_s": rate, "drain_full_estimate_s": n / rate if rate
                        else float("inf"), "redis_max_bytes_draining": redis_max,
@@ -143,12 +176,16 @@ def main() -> int:
     print(f"bridge RSS {result['bridge_rss_mb']:.0f} MB (peak {result['bridge_peak_rss_mb']:.0f}"
           f" MB; goal < 200); Redis db {result['redis']['bytes'] / 1024:.1f} KiB in "
           f"{result['redis']['keys']} keys, {result['redis']['messages']} messages (window "
-          f"{result['window']} jobs); PostgreSQL +{result['pg_bytes'] / 2**20:.0f} MiB for "
+          f"{result['window']} jobs), and the status cache "
+          f"{result['redis']['status_bytes'] / 2**20:.1f} MiB in {result['redis']['status_keys']:,}"
+          f" keys; PostgreSQL {result['pg_row_bytes'] / 2**20:.0f} MiB of row data for "
           f"{result['pg_rows']:,} rows")
     print(f"drain (subset): {result['drain_subset_jobs']} jobs in {result['drain_subset_s']:.0f}"
           f" s = {result['drain_rate_per_s']:.1f} jobs/s -> the whole backlog in about "
           f"{result['drain_full_estimate_s'] / 3600:.1f} h; Redis at most "
-          f"{result['redis_max_bytes_draining'] / 1024:.1f} KiB while draining")
+          f"{result['redis_max_bytes_draining'] / 1024:.1f} KiB while draining (the status "
+          f"cache apart); the bridge used {100 * result['bridge_cpu_share_draining']:.0f} % "
+          "of a core meanwhile")
     return 0
 
 

@@ -125,17 +125,22 @@ def backlog_rows(data: dict[str, Any] | None) -> list[Row]:
         Row(f"backlog {n:,}: bridge RSS, peak (MB)", f"{_num(data['bridge_rss_mb'], 0)}, "
             f"{_num(data['bridge_peak_rss_mb'], 0)}", goal="< 200 MB",
             met=_met(data["bridge_peak_rss_mb"] < 200)),
-        Row(f"backlog {n:,}: Redis (pipeline db: KiB, messages)",
+        Row(f"backlog {n:,}: Redis, Celery's keys (KiB, messages)",
             f"{redis['bytes'] / 1024:.1f}, {redis['messages']}",
             goal=f"<= the window ({window} jobs)", met=_met(redis["messages"] <= window)),
-        Row(f"backlog {n:,}: PostgreSQL rows, MiB added", f"{data['pg_rows']:,}, "
-            f"{data['pg_bytes'] / 2**20:.0f}"),
+        Row(f"backlog {n:,}: Redis, status cache sonic:status:* (MiB, keys)",
+            f"{redis.get('status_bytes', 0) / 2**20:.1f}, {redis.get('status_keys', 0):,}",
+            goal="bounded by the window", met=_met(redis.get("status_keys", 0) <= window)),
+        Row(f"backlog {n:,}: PostgreSQL rows, MiB of row data",
+            f"{data['pg_rows']:,}, " + (f"{data['pg_row_bytes'] / 2**20:.0f}"
+                                        if "pg_row_bytes" in data else "-")),
         Row(f"backlog {n:,}: lost (ids missing; offsets committed)",
             f"{data['lost']} ({data['committed_offsets']:,} committed)", goal="0",
             met=_met(data["lost"] == 0 and data["committed_offsets"] == n
                      and data["rejected"] == 0)),
-        Row(f"backlog drain, subset of {data['drain_subset_s']:.0f} s (jobs/s; whole backlog)",
-            f"{data['drain_rate_per_s']:.1f} ({data['drain_full_estimate_s'] / 3600:.1f} h)"),
+        Row(f"backlog drain, first {data['drain_subset_s']:.0f} s only (jobs/s; whole backlog "
+            "at that rate)", f"{data['drain_rate_per_s']:.1f} "
+            f"({data['drain_full_estimate_s'] / 3600:.1f} h)"),
     ]
 
 

@@ -37,7 +37,8 @@ def _results(folder: Path, gpu_fraction: float = 0.985) -> None:
             "fraction": gpu_fraction, "jobs": 3, "intervals": [[0, 2], [2.02, 4.02], [4.05, 6]]},
             "baseline": {"fraction": 0.7, "jobs": 2, "intervals": [[0, 2], [2.9, 4.9]]}},
         "backlog": {"jobs": 100_000, "bridge_rss_mb": 120.0, "bridge_peak_rss_mb": 150.0,
-                    "redis": {"bytes": 9000, "keys": 4, "messages": 3}, "window": 3,
+                    "redis": {"bytes": 9000, "keys": 4, "messages": 3, "status_keys": 0,
+                              "status_bytes": 0}, "window": 3, "pg_row_bytes": 10**8,
                     "pg_rows": 100_000, "pg_bytes": 200 * 2**20, "lost": 0, "rejected": 0,
                     "committed_offsets": 100_000, "drain_subset_s": 90,
                     "drain_rate_per_s": 4.0, "drain_full_estimate_s": 25_000,
@@ -65,6 +66,8 @@ def test_one_table_with_every_goal_judged(tmp_path: Path) -> None:
     assert _row(text, "gpu busy")[1] == "98.50" and _row(text, "gpu busy")[-1] == "yes"
     assert _row(text, "backlog 100,000: bridge RSS")[-1] == "yes"
     assert _row(text, "backlog 100,000: lost")[-1] == "yes"
+    assert _row(text, "backlog 100,000: Redis, Celery")[-1] == "yes"
+    assert _row(text, "backlog 100,000: Redis, status cache")[-1] == "yes"
     assert _row(text, "built-in engine")[1] == "not run"
     saved = json.loads(out.read_text())
     assert saved["cores"] >= 1 and len(saved["rows"]) == len(text.splitlines()) - 2
