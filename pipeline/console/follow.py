@@ -51,6 +51,8 @@ def follow(db_engine: Engine, task_id: str, *, interval_s: float = 0.3,
             if final and row.status == Status.COMPLETED.value:
                 percent = 100.0
             bar.update(job, description=now_label, completed=percent)
+            if now_label != last:
+                bar.refresh()  # every stage seen is drawn, however busy the machine
             if not err.is_terminal and now_label != last:
                 err.print(f"{task_id}: {now_label} {percent:.0f}% "
                           f"({time.monotonic() - started:.1f}s)", markup=False)

@@ -160,11 +160,12 @@ def status(settings: Settings, task_id: str, as_json: bool) -> int:
 @click.pass_obj
 def show(settings: Settings, task_id: str) -> int:
     """A task's row and its events, as JSON."""
-    with reading(settings) as conn:
-        row = jobs.task(conn, task_id)
-        if row is None:
-            raise not_found(task_id)
-        found = {"task": row, "events": jobs.events(conn, task_id)}
+    from pipeline.state.queries import task_with_events
+
+    with reaching_postgres(settings):
+        found = task_with_events(settings, task_id)
+    if found is None:
+        raise not_found(task_id)
     print(json.dumps(found, indent=2, default=str))
     return 0
 

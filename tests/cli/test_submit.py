@@ -17,8 +17,10 @@ def test_wait_draws_the_stages_and_prints_the_result_url(cli_stack: CliStack,
     out = real_run.done_output
     assert real_run.done_rc == 0, out + cli_stack.logs()
     assert f"submitted {real_run.done} to {cli_stack.topic}" in out
-    # The live bar named the stages it saw, with a percentage and the time elapsed.
-    assert "preprocess" in out and "gpu" in out, out
+    # The live bar named the stages it saw (polled: a short one may pass unseen), with a
+    # percentage and the time elapsed.
+    seen = {stage for stage in ("preprocess", "gpu", "encode", "upload") if stage in out}
+    assert len(seen) >= 2, out
     assert re.search(r"\b\d{1,3}%", out) and re.search(r"\d:\d\d:\d\d", out), out
     row = cli_stack.row(real_run.done)
     assert row["status"] == "completed" and row["result_url"]
