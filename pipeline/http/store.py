@@ -9,7 +9,8 @@ A ``tenant`` of None reads every tenant's jobs (an operator); otherwise a job of
 tenant reads as absent. Views and events are plain JSON-ready dicts (times ISO 8601 UTC).
 
 One job's state and events are the status events of :mod:`pipeline.status` (the outbox
-of migration 0004): ``latest_status`` (the Redis cache, else PostgreSQL) for a view,
+of migration 0004): ``latest_status`` (the Redis cache for a final job, else
+PostgreSQL) for a view,
 ``events_after`` for the stream; an event's ``id`` is its outbox id, stable and
 increasing per task. Lists read the ``tasks`` table. A job the service produced but the
 bridge has not admitted yet reads as ``status: "submitted"`` (a Redis key with an expiry).
@@ -69,10 +70,15 @@ class TaskStore:
     # --- one job ---------------------------------------------------------------------
     def task(self, task_id: str, tenant: str | None, *, cached: bool = True
              ) -> dict[str, Any] | None:
-        """The job's latest status as a view (``cached``: Redis first), None when unknown
-        or another tenant's."""
+        """The job's latest status as a view, None when unknown or another tenant's.
+
+        ``cached``: a final status comes from the Redis cache (it never changes again); a
+        job still moving is read from PostgreSQL, since the cache trails the relay (by
+        the whole outage while Kafka is down) and would show a stage already left."""
         latest = status.latest_status(self.db_engine, task_id,
                                       self.redis if cached else None)
+        if cached and latest is not None and latest.get("status") not in _FINAL:
+            latest = status.latest_status(self.db_engine, task_id)
         if latest is not None:
             return event_view(latest) if _visible(latest.get("tenant"), tenant) else None
         owner = self.submitted(task_id)
