@@ -33,7 +33,7 @@ import click
 from pydantic import ValidationError
 
 from pipeline import commands
-from pipeline.console import verbs
+from pipeline.console import verbs, verbs_fleet
 from pipeline.console.clickbase import PROG, Group
 from pipeline.errors import EXIT_CONFIG
 from pipeline.settings import describe_error, load
@@ -55,7 +55,7 @@ def cli(ctx: click.Context) -> None:
         raise click.exceptions.Exit(EXIT_CONFIG) from None
 
 
-for _verb in (*commands.VERBS, *verbs.VERBS):
+for _verb in (*commands.VERBS, *verbs.VERBS, *verbs_fleet.VERBS):
     cli.add_command(_verb)
 
 

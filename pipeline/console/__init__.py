@@ -14,4 +14,6 @@ One module per concern, each used only by the entry modules (:mod:`pipeline.cli`
     dlq       ``dlq list`` / ``dlq replay``
     topics    ``topics create``
     fleet     ``top``: backlog, in flight per pool, gpu busy, lag, oldest job
+    clickbase the click classes: one-line errors, exit codes, ``usage:``
+    verbs     the job verbs' click commands; verbs_fleet: ``dlq`` and ``top``
 """
