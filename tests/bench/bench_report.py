@@ -227,10 +227,21 @@ def plots(folder: Path, data: dict[str, Any]) -> list[Path]:
     backlog = data.get("backlog")
     if backlog and backlog.get("admission_curve"):
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        curve = backlog["admission_curve"]
-        ax.plot([t for t, _ in curve], [2 * c for _, c in curve])
+        curve = backlog["admission_curve"]  # rows per half second (a batch shares a time)
+        per_s: dict[int, int] = {}
+        for t, c in curve:
+            per_s[int(t)] = per_s.get(int(t), 0) + c
+        ax.bar(list(per_s), list(per_s.values()), width=0.9, align="edge", alpha=0.6,
+               label="jobs admitted per second")
         ax.set_xlabel("seconds from the first admission")
-        ax.set_ylabel("jobs admitted per second")
+        ax.set_ylabel("jobs/s")
+        total, cumulative = 0, []
+        for _, c in curve:
+            total += c
+            cumulative.append(total)
+        ax2 = ax.twinx()
+        ax2.plot([t + 0.5 for t, _ in curve], cumulative, color="tab:red", label="admitted")
+        ax2.set_ylabel("jobs admitted (cumulative)")
         ax.set_title(f"Admission of a {backlog['jobs']:,}-job Kafka backlog (no worker running)",
                      fontsize=9)
         ax.grid(True, alpha=0.3)
