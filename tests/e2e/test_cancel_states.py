@@ -97,6 +97,8 @@ def test_queued_running_and_completed(flow: Flow, long_speech: Path) -> None:
     backlog = flow.job("window-full", tenant="t-gpu")
 
     def preprocessed(task_id: str) -> bool:
+        if flow.status(task_id) is None:  # not admitted yet
+            return False
         row = flow.row(task_id)
         return row["stage"] == "gpu" and row["lease_owner"] is None
 
