@@ -68,7 +68,12 @@ def bridge_rows(folder: Path) -> list[Row]:
         return [Row("admission, Kafka -> durable row (jobs/s)", _num(o, 0))]
     b = float(naive.group(1).replace(",", ""))
     want = float(goal.group(1)) if goal else None
-    return [Row("admission, Kafka -> durable row (jobs/s)", _num(o, 0), _num(b, 0),
+    publish = re.search(r"naive\+publish: .*median ([\d,.]+) jobs/s", text)
+    label = "admission, Kafka -> durable row (jobs/s; baseline: the seed loop"
+    if publish:
+        p = float(publish.group(1).replace(",", ""))
+        label += f"; with its publish {p:,.0f}/s, x{o / p:.1f}"
+    return [Row(label + ")", _num(o, 0), _num(b, 0),
                 f"{o / b:.1f}x", f">= {want:g}x vs the seed loop" if want else "-",
                 _met(o / b >= want if want else None))]
 
