@@ -241,8 +241,9 @@ class Settings(BaseSettings):
     webhook_breaker_trials: int = Field(1, ge=1)
 
     # --- status events (outbox -> Kafka SONIC_TOPIC_STATUS, latest in Redis) -----------------------
-    #: Seconds a job's latest status stays cached in Redis after its last event.
-    status_cache_ttl_s: int = Field(24 * 3600, ge=1)
+    #: Seconds a job's latest status stays cached in Redis after its last event (the
+    #: broker's Redis: a final job's entry, ~0.5 KB, lives this long).
+    status_cache_ttl_s: int = Field(3600, ge=1)
     #: Seconds published events stay in the outbox (Server-Sent Events resume from them);
     #: a job's newest event is always kept.
     status_retention_s: float = Field(24 * 3600.0, ge=0)

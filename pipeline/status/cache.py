@@ -5,6 +5,9 @@
 Written by the relay, one Lua script per batch: a key only moves to a higher ``seq`` (a
 relay that re-reads older events, or a second relay after a failover, never puts an
 older status back); each write renews the expiry (``SONIC_STATUS_CACHE_TTL_S``).
+Jobs still in the backlog (``received``, ``waiting``) are not cached: the cache shares the
+broker's Redis, whose memory must stay bounded by the in-flight window and not grow with a
+backlog of a million rows; PostgreSQL answers for them.
 :func:`latest_status` reads it and falls back to PostgreSQL on a miss or a Redis error.
 """
 
@@ -22,6 +25,9 @@ from pipeline.status.events import StatusEvent, decode, encode
 log = logging.getLogger(__name__)
 
 PREFIX = "sonic:status:"
+
+#: Statuses of jobs in the PostgreSQL backlog: their events are not cached.
+BACKLOG = frozenset({"received", "waiting"})
 
 #: KEYS: one per event; ARGV: ttl, then (seq, value) per key. Returns the keys written.
 _PUT = """
@@ -59,9 +65,11 @@ class StatusCache:
 
     def put(self, events: Iterable[StatusEvent]) -> int:
         """Cache the newest of ``events`` per task (kept when the cache holds a newer
-        ``seq``); how many keys were written."""
+        ``seq``; events of backlog jobs skipped); how many keys were written."""
         newest: dict[str, StatusEvent] = {}
         for event in events:
+            if event.get("status") in BACKLOG:
+                continue
             held = newest.get(event["task_id"])
             if held is None or event["seq"] >= held["seq"]:
                 newest[event["task_id"]] = event

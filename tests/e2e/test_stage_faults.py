@@ -108,7 +108,8 @@ def test_a_gpu_worker_that_loses_its_job_stops_within_a_heartbeat_and_serves_the
     assert stop_s < interval + 1.0, stop_s
     assert free_s < 5.0, free_s
     assert next_row["status"] == "completed"
-    assert not (stack_e2e.settings.work_dir / long_id / "render" / "frames.rgb.partial").exists()
+    render_dir = stack_e2e.settings.work_dir / long_id / "render"
+    assert not list(render_dir.glob("*.partial")), list(render_dir.glob("*"))
     assert stack_e2e.events(long_id).count(("gpu", "started")) == 1
     if how == "cancelled":
         row = stack_e2e.row(long_id)
