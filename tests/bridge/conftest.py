@@ -57,6 +57,7 @@ class Case:
     def env(self) -> dict[str, str]:
         s = self.settings
         return dict(os.environ, SONIC_TOPIC_TASKS=s.topic_tasks, SONIC_TOPIC_DLQ=s.topic_dlq,
+                    SONIC_TOPIC_CONTROL=s.topic_control,
                     SONIC_CONSUMER_GROUP=s.consumer_group, SONIC_REDIS_DB=str(s.redis_db),
                     SONIC_BACKLOG_MAX=str(s.backlog_max), SONIC_BACKLOG_LOW=str(s.backlog_low),
                     SONIC_GPU_SLOTS=str(s.gpu_slots), SONIC_DISPATCH_LEAD=str(s.dispatch_lead),
@@ -241,8 +242,11 @@ def make_case(stack: Settings, db_engine: Engine, unique: str,
 
     def make(partitions: int = 4, **overrides: Any) -> Case:
         topic = f"test-bridge-{unique}-{len(made)}"
-        admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(f"{topic}-dlq", 1, 1)])
+        admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(f"{topic}-dlq", 1, 1),
+                             NewTopic(f"{topic}-control", 1, 1)])
+        # Each case has its own control topic: a stray command elsewhere never reaches it.
         update = {"topic_tasks": topic, "topic_dlq": f"{topic}-dlq",
+                  "topic_control": f"{topic}-control",
                   "consumer_group": f"{topic}-group", "metrics_port": 0,
                   "redis_db": REDIS_DBS[next(_next_db) % len(REDIS_DBS)],
                   # No workers here: a window as large as any test's run lets the
@@ -264,5 +268,5 @@ def make_case(stack: Settings, db_engine: Engine, unique: str,
             conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": case.topic})
             conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": case.topic})
         case.redis.flushdb()
-        admin.delete_topics([case.topic, case.settings.topic_dlq])
+        admin.delete_topics([case.topic, case.settings.topic_dlq, case.settings.topic_control])
     admin.close()

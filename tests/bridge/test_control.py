@@ -9,8 +9,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bridge.control import Command, parse
 from pipeline.errors import CODES, InvalidMessage
@@ -63,49 +62,43 @@ def test_good_records() -> None:
 def test_bad_records_go_to_the_dlq_and_the_partition_moves_on(
         make_case: Callable[..., Case], unique: str) -> None:
     case = make_case(partitions=2)
-    control = f"{case.topic}-control"
-    admin = KafkaAdminClient(**case.settings.kafka_client_config())
-    admin.create_topics([NewTopic(control, 1, 1)])
-    try:
-        ids = [f"{case.prefix}-{i}" for i in range(3)]
-        case.produce(case.jobs(ids))
-        bridge = case.bridge("bridge", f"TOPIC_CONTROL={control}")
-        case.wait(lambda: case.count("queued") == 3, 60, "three jobs dispatched")
+    control = case.settings.topic_control  # the case's own, made and removed with it
+    ids = [f"{case.prefix}-{i}" for i in range(3)]
+    case.produce(case.jobs(ids))
+    bridge = case.bridge("bridge")
+    case.wait(lambda: case.count("queued") == 3, 60, "three jobs dispatched")
 
-        producer = KafkaProducer(acks="all", **case.settings.kafka_client_config())
-        for value, _ in BAD[:-1]:
-            producer.send(control, key=b"k", value=value)
-        producer.send(control, key=b"k", value=None)  # a tombstone: no value
-        producer.send(control, key=ids[0].encode(), value=json.dumps(
-            {"command": "cancel", "task_id": ids[0]}).encode())
-        producer.send(control, key=ids[1].encode(), value=json.dumps(
-            {"command": "cancel", "task_ids": [ids[1], ids[2]], "reason": "r"}).encode())
-        producer.send(control, value=json.dumps(  # again: already final, no harm
-            {"command": "cancel", "task_ids": ids}).encode())
-        producer.flush()
-        producer.close()
+    producer = KafkaProducer(acks="all", **case.settings.kafka_client_config())
+    for value, _ in BAD[:-1]:
+        producer.send(control, key=b"k", value=value)
+    producer.send(control, key=b"k", value=None)  # a tombstone: no value
+    producer.send(control, key=ids[0].encode(), value=json.dumps(
+        {"command": "cancel", "task_id": ids[0]}).encode())
+    producer.send(control, key=ids[1].encode(), value=json.dumps(
+        {"command": "cancel", "task_ids": [ids[1], ids[2]], "reason": "r"}).encode())
+    producer.send(control, value=json.dumps(  # again: already final, no harm
+        {"command": "cancel", "task_ids": ids}).encode())
+    producer.flush()
+    producer.close()
 
-        case.wait(lambda: case.count("cancelled") == 3, 30, "the three cancels applied")
-        rows = case.rows()
-        assert {rows[t]["error_message"] for t in ids} == {"cancelled by request", "r"}
-        letters = case.dead_letters(len(BAD))
-        headers = [dict(r.headers) for r in letters]
-        assert all(h["sonic-original-topic"] == control.encode() for h in headers)
-        assert sorted(h["sonic-error-code"].decode() for h in headers) == sorted(
-            [code for _, code in BAD[:-1]] + ["message.invalid_json"])
-        assert all(h["sonic-error-message"] for h in headers)
-        assert [r.value for r in letters[:len(BAD) - 1]] == [v for v, _ in BAD[:-1]]
+    case.wait(lambda: case.count("cancelled") == 3, 30, "the three cancels applied")
+    rows = case.rows()
+    assert {rows[t]["error_message"] for t in ids} == {"cancelled by request", "r"}
+    letters = case.dead_letters(len(BAD))
+    headers = [dict(r.headers) for r in letters]
+    assert all(h["sonic-original-topic"] == control.encode() for h in headers)
+    assert sorted(h["sonic-error-code"].decode() for h in headers) == sorted(
+        [code for _, code in BAD[:-1]] + ["message.invalid_json"])
+    assert all(h["sonic-error-message"] for h in headers)
+    assert [r.value for r in letters[:len(BAD) - 1]] == [v for v, _ in BAD[:-1]]
 
-        # Everything was committed: a restart reads nothing again.
-        consumer = KafkaConsumer(group_id=f"{case.settings.consumer_group}-control",
-                                 enable_auto_commit=False,
-                                 **case.settings.kafka_client_config())
-        tp = TopicPartition(control, 0)
-        case.wait(lambda: consumer.committed(tp) == consumer.end_offsets([tp])[tp], 10,
-                  "the control offsets committed")
-        consumer.close()
-        assert bridge.poll() is None  # nothing crashed
-        assert case.stop(bridge) == 0
-    finally:
-        admin.delete_topics([control])
-        admin.close()
+    # Everything was committed: a restart reads nothing again.
+    consumer = KafkaConsumer(group_id=f"{case.settings.consumer_group}-control",
+                             enable_auto_commit=False,
+                             **case.settings.kafka_client_config())
+    tp = TopicPartition(control, 0)
+    case.wait(lambda: consumer.committed(tp) == consumer.end_offsets([tp])[tp], 10,
+              "the control offsets committed")
+    consumer.close()
+    assert bridge.poll() is None  # nothing crashed
+    assert case.stop(bridge) == 0

@@ -68,10 +68,11 @@ def test_latest_status_reads_the_cache_then_postgres(jobs: Jobs, db_engine: Engi
     relay = Relay(db_engine, jobs.topic, lambda events: [True] * len(events),
                   StatusCache(status_redis, 1), prune_s=3600)
     assert relay.drain() == 1
-    assert latest_status(db_engine, task, status_redis)["event"] == "admitted"
-    cancel.cancel(db_engine, [task])  # not relayed yet: the cache is one event behind
-    assert latest_status(db_engine, task, status_redis)["event"] == "admitted"
-    assert latest_status(db_engine, task)["event"] == "cancelled"  # PostgreSQL
+    assert status_redis.get(key(task)) is None  # in the backlog: not cached
+    assert latest_status(db_engine, task, status_redis)["event"] == "admitted"  # PostgreSQL
+    cancel.cancel(db_engine, [task])  # not relayed yet: nothing cached, PostgreSQL answers
+    assert latest_status(db_engine, task, status_redis)["event"] == "cancelled"
+    assert status_redis.get(key(task)) is None
     relay.drain()
     cached = latest_status(db_engine, task, status_redis)
     assert (cached["event"], cached["seq"]) == ("cancelled", 2)
