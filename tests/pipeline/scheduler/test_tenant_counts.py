@@ -157,8 +157,9 @@ def test_single_row_updates_as_the_dispatcher_and_stages_make_them(jobs: Jobs) -
 
 
 def test_bulk_expiry_of_one_tenant_timing(jobs: Jobs) -> None:
-    """Benchmark print, not a time assertion: 50,000 jobs of one tenant expired at once."""
-    n = 50_000
+    """Benchmark print, not a time assertion: 5,000 jobs of one tenant expired at once
+    (50,000 took 5.5 s with these triggers and over 200 s with the row triggers)."""
+    n = 5_000
     seed(jobs, "bench", n, ("one",), ("received",))
     with jobs.db.begin() as conn:
         started = time.monotonic()
