@@ -9,7 +9,9 @@ Each bridge runs one consumer of it on a thread of its own, in a consumer group 
 ``cancel`` applies :func:`pipeline.scheduler.cancel.cancel` (every state: not dispatched,
 queued, running, final). An id not admitted yet gets a ``cancelled`` row at once (its
 tombstone, kafka columns empty, ``callback_status`` ``none``): when its job message comes,
-admission finds the id taken and the job never runs. The tombstone is written with
+admission finds the id taken and the job never runs; the message's fields fill the
+tombstone and its ``cancelled`` callback is owed to the URL it names
+(:mod:`pipeline.state.admission`). The tombstone is written with
 ``ON CONFLICT DO NOTHING`` after the cancel; an admission that commits in between is caught
 by cancelling again, so the control message wins whichever arrives first.
 

@@ -4,6 +4,8 @@
                                 INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING
                                 RETURNING, and an 'admitted' event per inserted row;
                                 rejects and 'duplicate'/'rejected' events multi-row
+                                a job cancelled before its message came takes the
+                                message's fields, and its callback is owed
     hold(cur, ids)              the candidates admit named: 'waiting' when an earlier job
                                 of their ordering key is not final (one UPDATE)
 
@@ -76,6 +78,18 @@ WHERE t.task_id = ANY(%(ids)s) AND t.status = 'received' AND EXISTS (
       AND o.status NOT IN {_FINAL})
 RETURNING t.task_id"""
 
+#: A job cancelled before its message came (the control consumer's ``cancelled`` row, no
+#: Kafka position, no callback URL, its callback settled as ``none``) takes the message's
+#: fields when it comes, and its callback is owed again (``callback_status`` NULL: the
+#: dispatcher's upkeep sends the ``cancelled`` callback): cancelled jobs get theirs.
+_FILL_CANCELLED = f"""
+UPDATE tasks t SET ({", ".join(TASK_COLUMNS[2:])}) = ({", ".join(
+    "s." + c for c in TASK_COLUMNS[2:])}), callback_status = NULL, updated_at = now()
+FROM admission_rows s
+WHERE t.task_id = s.task_id AND t.status = 'cancelled' AND t.kafka_partition IS NULL
+  AND t.callback_url IS NULL AND t.callback_status = 'none' AND s.callback_url IS NOT NULL
+RETURNING t.task_id"""
+
 _INSERT_REJECTS = """
 INSERT INTO tasks (task_id, kafka_topic, kafka_partition, kafka_offset, kafka_key, status,
                    error_code, error_message, callback_url, finished_at)
@@ -132,6 +146,8 @@ def admit(cur: Any, rows: Sequence[tuple[Any, ...]],
         task_id = row[0]
         (admitted if task_id in new and task_id not in seen else duplicates).append(task_id)
         seen.add(task_id)
+    if duplicates:  # while the staged rows are there (they go at commit)
+        cur.execute(_FILL_CANCELLED)
     rejected, details = _rejects(cur, rejects)
     bulk.insert_events(cur, [EventRow(t, None, "duplicate") for t in duplicates]
                        + [EventRow(t, None, "rejected", 0, d) for t, d in zip(rejected, details)])

@@ -10,9 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from sqlalchemy import Engine, text
 
-from bridge.control import Command, parse
+from bridge.control import Command, apply_cancel, parse
 from pipeline.errors import CODES, InvalidMessage
+from pipeline.scheduler.upkeep import owed_callbacks
+from pipeline.state.admission import TASK_COLUMNS, admit
 from tests.bridge.conftest import Case
 
 BAD = [
@@ -102,3 +105,65 @@ def test_bad_records_go_to_the_dlq_and_the_partition_moves_on(
     consumer.close()
     assert bridge.poll() is None  # nothing crashed
     assert case.stop(bridge) == 0
+
+
+@pytest.mark.integration
+def test_a_job_cancelled_before_its_message_gets_its_callback(db_engine: Engine,
+                                                               unique: str) -> None:
+    """The tombstone takes the message's fields when it comes and owes the callback to the
+    URL it names; without a URL nothing is owed; a job cancelled after admission (a real
+    row) is left as it is by a redelivery of its message."""
+    topic = f"test-tombstone-{unique}"
+    ids = {name: f"{topic}.{name}" for name in ("hooked", "quiet", "admitted", "never")}
+
+    def row(task_id: str, offset: int, callback_url: str | None) -> tuple[object, ...]:
+        values = {"task_id": task_id, "kafka_topic": topic, "kafka_partition": 0,
+                  "kafka_offset": offset, "tenant": "acme", "priority": 3, "depends_on": [],
+                  "payload": json.dumps({"task_id": task_id, "metadata": {"n": offset}}),
+                  "config": "{}", "callback_url": callback_url}
+        return tuple(values.get(column) for column in TASK_COLUMNS)
+
+    def admit_rows(rows: list[tuple[object, ...]]) -> list[str]:
+        raw = db_engine.raw_connection()
+        try:
+            done = admit(raw.cursor(), rows)
+            raw.commit()
+            return done.duplicates
+        finally:
+            raw.close()
+
+    try:
+        assert admit_rows([row(ids["admitted"], 0, "https://hooks.example/a")]) == []
+        out = apply_cancel(db_engine, topic, list(ids.values()), "early")
+        assert out == {ids["hooked"]: "cancelled_before_admission",
+                       ids["quiet"]: "cancelled_before_admission",
+                       ids["admitted"]: "cancelled",
+                       ids["never"]: "cancelled_before_admission"}
+        with db_engine.begin() as conn:  # the upkeep settles the admitted one's callback
+            conn.execute(text("UPDATE tasks SET callback_status = 'queued' "
+                              "WHERE task_id = :t"), {"t": ids["admitted"]})
+        assert sorted(admit_rows([row(ids["hooked"], 1, "https://hooks.example/h"),
+                                  row(ids["quiet"], 2, None),
+                                  row(ids["admitted"], 0, "https://hooks.example/a")])) == \
+            sorted([ids["hooked"], ids["quiet"], ids["admitted"]])
+        with db_engine.begin() as conn:
+            rows = {r.task_id: r for r in conn.execute(text(
+                "SELECT task_id, status, error_message, callback_url, callback_status, "
+                "kafka_offset, tenant, priority, payload FROM tasks WHERE kafka_topic = :t"),
+                {"t": topic})}
+            owed = dict(owed_callbacks(conn, topic))
+        hooked = rows[ids["hooked"]]
+        assert (hooked.status, hooked.error_message, hooked.callback_url) == (
+            "cancelled", "early", "https://hooks.example/h")
+        assert (hooked.kafka_offset, hooked.tenant, hooked.priority) == (1, "acme", 3)
+        assert hooked.payload["metadata"] == {"n": 1}
+        assert (rows[ids["quiet"]].callback_url, rows[ids["quiet"]].callback_status) == (
+            None, "none")
+        assert rows[ids["admitted"]].callback_status == "queued"  # untouched
+        assert (rows[ids["never"]].callback_status, rows[ids["never"]].payload) == (
+            "none", {})
+        assert owed == {ids["hooked"]: 3}
+    finally:
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
+            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})

@@ -164,5 +164,9 @@ def test_cancel_survives_a_bridge_restart_and_may_come_first(flow: Flow) -> None
     time.sleep(1.0)  # a dispatch, were there one, would be under way by now
     row = flow.row(early)
     assert (row["status"], row["error_code"]) == ("cancelled", "task.cancelled")
-    assert row["queued_at"] is None and row["started_at"] is None
+    assert row["queued_at"] is None  # never dispatched (the callback stage may set started_at)
     assert work_events(flow, early) == []
+    # Its callback, to the URL its message named (unknown when the cancel came), once.
+    hook = cancelled_callback(flow, early)
+    assert hook["task_id"] == early
+    assert flow.row(early)["error_message"] == "sent while the bridge was down"
