@@ -11,6 +11,7 @@ a refused password is a :class:`ConfigError` (exit 3). No traceback reaches the 
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,18 +48,50 @@ def require_kafka(settings: Settings) -> None:
     raise kafka_unreachable(settings)
 
 
+class _RefusedLogins(logging.Handler):
+    """Keeps the authentication errors kafka-python logs while it retries a bootstrap
+    (it then raises only ``Unable to bootstrap``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.refused: list[Exception] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        self.refused += [a for a in args if isinstance(
+            a, (SaslAuthenticationFailedError, AuthorizationError))]
+
+
 @contextmanager
 def reaching_kafka(settings: Settings) -> Iterator[None]:
-    """Kafka client errors inside the block become one ``service.unavailable`` line."""
+    """Kafka client errors inside the block become one ``service.unavailable`` line; a
+    broker refusing the SASL login says so (never the password)."""
     from kafka.errors import KafkaError
 
     require_kafka(settings)
+    logger = logging.getLogger("kafka.net.manager")
+    refusals, level, propagate = _RefusedLogins(), logger.level, logger.propagate
+    logger.addHandler(refusals)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
     try:
         yield
     except KafkaError as exc:
+        if refusals.refused:
+            cause = refusals.refused[-1]
+            raise ServiceUnavailable(
+                f"kafka at {settings.kafka_bootstrap}: authentication refused "
+                f"({type(cause).__name__}: {cause}); check SONIC_KAFKA_SASL_USERNAME, "
+                "SONIC_KAFKA_SASL_PASSWORD and SONIC_KAFKA_SASL_MECHANISM") from None
         raise ServiceUnavailable(
             f"kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}; check the "
             "broker (`make status`) and SONIC_KAFKA_*") from None
+    finally:
+        logger.removeHandler(refusals)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @contextmanager

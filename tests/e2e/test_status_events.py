@@ -7,8 +7,6 @@ own, so stopping it touches no other test.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,46 +19,19 @@ from kafka import KafkaConsumer
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
-from ops.services.kafka import Kafka
 from pipeline.settings import STAGES, Settings
 from pipeline.status.cache import StatusCache
 from pipeline.status.events import SCHEMA_VERSION
 from pipeline.status.relay import Relay
 from pipeline.status.sink import KafkaSink, producer_factory
 from tests.e2e.conftest import Stack
-from tests.support.server import free_port
+from tests.support.kafka_broker import PrivateKafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STATUS_REDIS_DB = 14
 KEYS = {"schema_version", "id", "seq", "task_id", "event", "status", "stage", "progress",
         "attempt", "at", "error", "timings", "video_url", "tenant", "detail"}
-
-
-class PrivateKafka:
-    """One KRaft node on free ports, its data in a temporary dir, the stack's jars."""
-
-    def __init__(self, stack: Settings, root: Path) -> None:
-        self.settings = stack.model_copy(update={
-            "state_dir": root, "kafka_bootstrap": f"127.0.0.1:{free_port()}",
-            "kafka_controller_port": free_port(), "kafka_heap": "256m"})
-        self.kafka = Kafka(self.settings)
-        self.kafka.home.mkdir(parents=True)
-        self.kafka.libs.symlink_to(Kafka(stack).libs)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = self.kafka.start()
-        self.kafka.wait_ready(self.proc)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
 
 
 @pytest.fixture
