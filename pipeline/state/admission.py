@@ -1,6 +1,7 @@
 """Batch admission SQL: many jobs, one transaction, a few statements.
 
-    admit(cur, rows, rejects)   COPY the jobs into a temp table, then one statement:
+    admit(cur, rows, rejects)   COPY the jobs into a temp table, lock their ordering keys'
+                                buckets (two bridges, one key), then one statement:
                                 INSERT INTO tasks ... ON CONFLICT (task_id) DO NOTHING
                                 RETURNING, and an 'admitted' event per inserted row;
                                 rejects and 'duplicate'/'rejected' events multi-row
@@ -42,6 +43,7 @@ TASK_COLUMNS = ("task_id", "kafka_topic", "kafka_partition", "kafka_offset", "ka
                 "deadline", "payload", "config", "callback_url")
 _COLUMNS = ", ".join(TASK_COLUMNS)
 _DEPENDS_ON = TASK_COLUMNS.index("depends_on")
+_ORDERING_KEY = TASK_COLUMNS.index("ordering_key")
 #: Final statuses: a job of the same ordering key in one of these no longer holds it.
 _FINAL = "('completed', 'failed', 'rejected', 'cancelled', 'expired')"
 
@@ -49,6 +51,20 @@ _FINAL = "('completed', 'failed', 'rejected', 'cancelled', 'expired')"
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS admission_rows ON COMMIT DELETE ROWS AS "
           f"SELECT {_COLUMNS} FROM tasks WITH NO DATA")
 _COPY = f"COPY admission_rows ({_COLUMNS}) FROM STDIN"
+#: Two bridges may admit jobs of one ``ordering_key`` at once (an explicit key spans
+#: partitions, and so bridges): each would see its job as the head of the key, the other's
+#: insert being uncommitted. So before inserting, a batch takes a transaction lock per
+#: bucket of its keys (``KEY_BUCKETS`` buckets, in bucket order, so two batches never
+#: deadlock): the second batch inserts after the first commits, later in ``seq``, and sees
+#: its job. A bucket bounds the locks one batch holds; keys sharing one only serialize
+#: the batches that carry them.
+KEY_BUCKETS = 256
+KEY_LOCK_SPACE = 0x534B  # the advisory lock space of admission's key buckets
+_LOCK_KEYS = f"""
+SELECT count(pg_advisory_xact_lock({KEY_LOCK_SPACE}, b)) FROM (
+    SELECT DISTINCT hashtext(ordering_key) & {KEY_BUCKETS - 1} AS b FROM admission_rows
+    WHERE ordering_key IS NOT NULL ORDER BY b) AS buckets"""
+
 _INSERT_TASKS = f"""
 WITH staged AS (
     -- nth: the job's place among this batch's jobs of the same ordering key.
@@ -134,6 +150,8 @@ def admit(cur: Any, rows: Sequence[tuple[Any, ...]],
     if unique:
         cur.execute(_STAGE)
         cur.copy_expert(_COPY, io.StringIO(copy_text(unique.values())))
+        if any(row[_ORDERING_KEY] is not None for row in unique.values()):
+            cur.execute(_LOCK_KEYS)
         cur.execute(_INSERT_TASKS)
         for task_id, keyed in cur.fetchall():
             new.add(task_id)

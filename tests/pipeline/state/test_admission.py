@@ -249,3 +249,66 @@ def test_copy_text_matches_escaping_field_by_field() -> None:
     for _ in range(3000):
         row = tuple(value() for _ in range(rng.randrange(1, 6)))
         assert copy_text([row]) == "\t".join(_copy_value(v) for v in row) + "\n", row
+
+
+def _batch(topic: str, jobs: list[tuple[str, str | None, int]]) -> list[tuple[Any, ...]]:
+    """Rows of ``(name, ordering_key, partition)`` jobs, offsets in list order."""
+    out = []
+    for offset, (name, key, partition) in enumerate(jobs):
+        values = {"task_id": f"{topic}.{name}", "kafka_topic": topic,
+                  "kafka_partition": partition, "kafka_offset": offset,
+                  "ordering_key": key and f"{topic}.{key}", "priority": 5, "depends_on": [],
+                  "payload": json.dumps({"task_id": f"{topic}.{name}"}), "config": "{}"}
+        out.append(tuple(values.get(column) for column in TASK_COLUMNS))
+    return out
+
+
+@pytest.mark.parametrize("first, second, waits", [
+    # one key from two partitions (so two bridges): the later batch's job waits
+    ([("a1", "k", 0)], [("b1", "k", 1)], {"b1"}),
+    # several jobs and keys per batch; only the shared key holds
+    ([("a1", "k", 0), ("a2", "x", 0)], [("b1", "y", 1), ("b2", "k", 1)], {"b2"}),
+    # the second batch holds two jobs of the key behind the first's
+    ([("a1", "k", 0)], [("b1", "k", 1), ("b2", "k", 1), ("b3", None, 1)], {"b1", "b2"}),
+])
+def test_two_bridges_admitting_one_key_at_once_keep_its_order(
+        db_engine: Engine, unique: str, first: list, second: list, waits: set[str]) -> None:
+    """The second batch, begun while the first is uncommitted, inserts after it commits
+    (the key buckets' locks), so its jobs of the key wait for the first's job."""
+    import threading
+
+    topic = f"adm-race-{unique}"
+
+    def admit_bridge_way(raw: Any, rows: list[tuple[Any, ...]]) -> None:
+        cur = raw.cursor()
+        done = admit(cur, rows)
+        settle(cur, done.to_settle)
+        hold(cur, done.to_hold)
+
+    one, two = db_engine.raw_connection(), db_engine.raw_connection()
+    try:
+        admit_bridge_way(one, _batch(topic, first))  # not committed yet
+        finished = threading.Event()
+
+        def second_bridge() -> None:
+            admit_bridge_way(two, _batch(topic, second))
+            two.commit()
+            finished.set()
+
+        thread = threading.Thread(target=second_bridge, daemon=True)
+        thread.start()
+        assert not finished.wait(0.5), "the second batch did not wait for the first"
+        one.commit()
+        thread.join(10)
+        assert finished.is_set()
+        with db_engine.begin() as conn:
+            status = {r.task_id.split(".", 1)[1]: r.status for r in conn.execute(text(
+                "SELECT task_id, status FROM tasks WHERE kafka_topic = :t"), {"t": topic})}
+        assert {n for n, s in status.items() if s == "waiting"} == waits, status
+        assert all(status[name] == "received" for name, _, _ in first)
+    finally:
+        one.close()
+        two.close()
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
+            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
