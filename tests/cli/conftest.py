@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "sonic-pipeline"
 #: Redis database of these workers (the suite's other tests use others).
 CLI_REDIS_DB = 4
-#: The bridge's metrics port; the pools serve theirs on the next three.
-METRICS_PORT = 29400
+#: The bridge's metrics port; the pools serve theirs on the next three (these pools live
+#: the whole session: a port no other test's pools take).
+METRICS_PORT = 29600
 FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
 
