@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 import redis
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.settings import Settings
 from pipeline.status import metrics, outbox
@@ -97,7 +98,11 @@ class Relay:
                         continue
                     sent, left = self.once()
                 except Exception as exc:  # noqa: BLE001 - the relay outlives any outage
-                    self._drop_lock()
+                    # PostgreSQL failed: the lock's session may be gone, let another take
+                    # over. Kafka failed: every bridge shares that Kafka, so keep the role
+                    # (a standby taking it would only reorder who waits).
+                    if isinstance(exc, SQLAlchemyError):
+                        self._drop_lock()
                     self._wait(stop, f"{type(exc).__name__}: "
                                      f"{(str(exc).splitlines() or [''])[0]}")
                     continue
