@@ -69,13 +69,13 @@ class Parser:
         parsed: list[tuple[str, dict[str, object]]] = []
         try:
             while True:
-                ctx = command.make_context(name, args, parent=parent,
-                                           resilient_parsing=False)
-                parsed.append((name, dict(ctx.params)))
                 if not isinstance(command, click.Group):
+                    ctx = command.make_context(name, args, parent=parent,
+                                               resilient_parsing=False)
+                    parsed.append((name, dict(ctx.params)))
                     return parsed
-                rest = [*ctx._protected_args, *ctx.args] if hasattr(
-                    ctx, "_protected_args") else [*ctx.protected_args, *ctx.args]
+                ctx, rest = _group_context(command, name, args, parent)
+                parsed.append((name, dict(ctx.params)))
                 if not rest:
                     raise click.UsageError("missing verb", ctx)
                 name, sub, args = command.resolve_command(ctx, rest)
@@ -87,6 +87,19 @@ class Parser:
         except click.ClickException as exc:
             exc.show()
             raise SystemExit(exc.exit_code) from None
+
+
+def _group_context(group: click.Group, name: str, args: list[str],
+                   parent: click.Context | None) -> tuple[click.Context, list[str]]:
+    """``group``'s context with its own options parsed, and every token after them (the
+    verb first). ``Group.make_context`` would hold the verb back in a private attribute;
+    ``Command.parse_args`` (public) parses the group's options and returns the rest.
+    Raises click's usage errors as ``make_context`` does (no arguments at all: the help)."""
+    ctx = group.context_class(group, info_name=name, parent=parent,
+                              **{**group.context_settings, "resilient_parsing": False})
+    with ctx.scope(cleanup=False):
+        rest = click.Command.parse_args(group, ctx, args)
+    return ctx, rest
 
 
 def build_parser() -> Parser:
