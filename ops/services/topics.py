@@ -4,26 +4,19 @@ from __future__ import annotations
 
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline.console.topics import wanted as topic_specs
+
 from .kafka import Kafka
 from .proc import StackError
 
-DAY_MS = 24 * 3600 * 1000
-
 
 def wanted(settings) -> dict[str, dict[str, object]]:
-    """Topic name -> create options (partitions, replication, configs)."""
-    rf = settings.topic_replication
-    parts = settings.topic_partitions
-    return {
-        settings.topic_tasks: {"num_partitions": parts, "replication_factor": rf, "configs": {}},
-        # Rejected and dead jobs are kept a month for inspection and replay.
-        settings.topic_dlq: {"num_partitions": parts, "replication_factor": rf,
-                             "configs": {"retention.ms": str(30 * DAY_MS)}},
-        # Commands are few; one partition keeps them in order.
-        settings.topic_control: {"num_partitions": 1, "replication_factor": rf, "configs": {}},
-        settings.topic_status: {"num_partitions": parts, "replication_factor": rf,
-                                "configs": {"retention.ms": str(7 * DAY_MS)}},
-    }
+    """Topic name -> create options (partitions, replication, configs): the CLI's table
+    (:func:`pipeline.console.topics.wanted`) in the admin client's words."""
+    return {name: {"num_partitions": spec["partitions"],
+                   "replication_factor": settings.topic_replication,
+                   "configs": spec["configs"]}
+            for name, spec in topic_specs(settings).items()}
 
 
 def ensure_topics(settings) -> list[str]:

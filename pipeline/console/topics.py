@@ -1,9 +1,10 @@
 """``sonic-pipeline topics create``: the pipeline's topics, created when missing.
 
-The same table as the local stack's (``ops/services/topics.py``): the task topic and the
-DLQ with ``SONIC_TOPIC_PARTITIONS`` partitions (the DLQ kept 30 days), the control topic
-with one partition (commands stay in order), the status topic (kept 7 days). A topic that
-exists is left as it is; a partition count that differs from the settings is reported.
+The one table of them (the local stack's ``ops/services/topics.py`` creates from it too):
+the task topic and the DLQ with ``SONIC_TOPIC_PARTITIONS`` partitions (the DLQ kept 30
+days), the control topic with one partition (commands stay in order), the status topic
+(kept 7 days). A topic that exists is left as it is; a partition count that differs from
+the settings is reported.
 """
 
 from __future__ import annotations
