@@ -1,7 +1,9 @@
 """Stage leases in PostgreSQL: at most one live copy of a task's stage.
 
 A stage starts by claiming the lease in one atomic UPDATE: it succeeds only when the task
-is at that stage (or an earlier one), not final, and nobody else holds a live lease. The
+is at that stage (or an earlier one), not final, and nobody else holds a live lease (the
+callback stage also runs for final jobs; it never sets ``started_at``, which only a real
+stage's first start sets, so a job that never ran keeps it NULL and its stage). The
 holder heart-beats; a dead holder's lease expires and the reconciler re-queues the stage.
 A Redis redelivery after the visibility timeout, or a reconciler retry, finds the lease
 held and backs off instead of starting a second copy.
@@ -10,6 +12,11 @@ The lease owner is a token, not a process: a stage retried after a database erro
 its token on, so the retry takes its own lease back (without counting a new attempt).
 A stage whose next message could not be published leaves a :func:`hand_off`: an already
 expired lease on the next stage, which the reconciler re-dispatches at its next sweep.
+
+A hop costs two transactions: the claim with its ``started`` event, and the move to the
+next stage with its ``succeeded`` event (each event commits with the change it tells). A
+move that frees a place in the dispatcher's window (the gpu stage done) or ends the job
+wakes the dispatcher (:mod:`pipeline.state.wake`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from pipeline.settings import STAGES
+from pipeline.state import journal, wake
 from pipeline.state.status import RANK, Status, rank_case
 
 #: SQL giving a stage's position in the chain (unknown -> -1).
@@ -56,10 +64,14 @@ _ACQUIRE = text(f"""
 UPDATE tasks SET
     lease_owner = :owner, lease_stage = :stage,
     lease_expires_at = now() + make_interval(secs => :ttl), heartbeat_at = now(),
-    stage = :stage,
+    -- The callback of a job that never ran (cancelled, expired, refused before any stage
+    -- started) leaves its run fields as they are: it was never started, has no stage.
+    stage = CASE WHEN :stage = 'callback' AND started_at IS NULL THEN stage ELSE :stage END,
     attempts = attempts + CASE WHEN lease_owner = :owner THEN 0 ELSE 1 END,
     status = CASE WHEN status IN ({_FINAL}) THEN status ELSE 'running' END,
-    started_at = coalesce(started_at, now()), updated_at = now()
+    started_at = CASE WHEN :stage = 'callback' THEN started_at
+                      ELSE coalesce(started_at, now()) END,
+    updated_at = now()
 WHERE task_id = :task_id
   AND ({_STAGE_POS.format(col='stage')} <= {_STAGE_POS.format(col=':stage')}
        OR stage IS NULL)
@@ -71,13 +83,19 @@ RETURNING *
 """)
 
 
-def acquire(db_engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int) -> Claim | Lease:
-    """Claim ``stage`` of ``task_id`` for ``owner``; a :class:`Lease` or why not."""
+def acquire(db_engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int, *,
+            started: bool = False) -> Claim | Lease:
+    """Claim ``stage`` of ``task_id`` for ``owner``; a :class:`Lease` or why not.
+
+    ``started``: record the stage's ``started`` event in the claim's transaction."""
     with db_engine.begin() as conn:
         row = conn.execute(_ACQUIRE, {"owner": owner, "stage": stage, "ttl": ttl_s,
                                       "task_id": task_id}).mappings().first()
         if row is not None:
-            return Lease(task_id, stage, owner, int(row["attempts"]), dict(row))
+            attempt = int(row["attempts"])
+            if started:
+                journal.append(conn, task_id, stage, "started", worker=owner, attempt=attempt)
+            return Lease(task_id, stage, owner, attempt, dict(row))
         current = conn.execute(
             text("SELECT stage, status, lease_owner, lease_expires_at > now() AS live "
                  "FROM tasks WHERE task_id = :t"), {"t": task_id}).mappings().first()
@@ -105,11 +123,14 @@ def heartbeat(db_engine: Engine, lease: Lease, ttl_s: int, progress: float | Non
     return Beat.CANCELLED if status == Status.CANCELLED.value else Beat.LOST
 
 
-def advance(db_engine: Engine, lease: Lease, next_stage: str | None, **fields: Any) -> bool:
+def advance(db_engine: Engine, lease: Lease, next_stage: str | None, *,
+            succeeded_s: float | None = None, **fields: Any) -> bool:
     """The stage succeeded: release the lease and move to ``next_stage``.
 
     ``fields`` are extra columns to set (``status``, ``result_url`` ...). A status only
-    moves forward. False when the lease was lost meanwhile (the outcome is discarded).
+    moves forward. ``succeeded_s``: record the stage's ``succeeded`` event with that
+    duration (seconds) in the same transaction. False when the lease was lost meanwhile
+    (the outcome is discarded, no event recorded).
     """
     sets = ["lease_owner = NULL", "lease_stage = NULL", "lease_expires_at = NULL",
             "updated_at = now()"]
@@ -131,7 +152,14 @@ def advance(db_engine: Engine, lease: Lease, next_stage: str | None, **fields: A
         result = conn.execute(text(
             f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = :t AND lease_owner = :owner"
         ), params)
-    return result.rowcount == 1
+        if result.rowcount != 1:
+            return False
+        if succeeded_s is not None:
+            journal.append(conn, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
+                           attempt=lease.attempt, duration_s=succeeded_s)
+        if lease.stage == "gpu" or (status is not None and Status(status).final):
+            conn.execute(wake.NOTIFY_TOPIC, {"t": lease.task_id})
+    return True
 
 
 def release(db_engine: Engine, lease: Lease) -> None:
