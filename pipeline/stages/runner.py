@@ -162,11 +162,11 @@ def run_stage(settings: Settings, db_engine: Engine, task_id: str, stage: str,
 
 def _run(settings: Settings, db_engine: Engine, task_id: str, stage: str, fn: StageFn,
          owner: str, resumed: bool, cap: int) -> Result:
-    claim = leases.acquire(db_engine, task_id, stage, owner, settings.lease_ttl_s)
+    claim = leases.acquire(db_engine, task_id, stage, owner, settings.lease_ttl_s,
+                           started=True)
     if not isinstance(claim, leases.Lease):
         return _not_claimed(db_engine, task_id, stage, owner, claim, resumed)
     ctx = StageContext(settings, db_engine, claim, settings.work_dir / task_id)
-    journal.record(db_engine, task_id, stage, "started", worker=owner, attempt=claim.attempt)
     watchdog = Watchdog(lambda: _beat(ctx), settings.heartbeat_interval_s,
                         ctx.budget_deadline)
     ctx._watchdog = watchdog
@@ -270,16 +270,15 @@ def _not_claimed(db_engine: Engine, task_id: str, stage: str, owner: str, claim:
 def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
     lease, duration = ctx.lease, _since(ctx)
     values = dict(fields or {})
-    def advance() -> bool:
-        return leases.advance(ctx.db_engine, lease, next_stage(lease.stage), **values)
+    def advance() -> bool:  # the succeeded event commits with the move
+        return leases.advance(ctx.db_engine, lease, next_stage(lease.stage),
+                              succeeded_s=duration, **values)
 
     if not _durably(ctx.settings, advance):
         _record(ctx.db_engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
                 attempt=lease.attempt, duration_s=duration)
         metrics.count_takeover(lease.stage, "lost")
         return Result(StageOutcome.SKIP)
-    _record(ctx.db_engine, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
-            attempt=lease.attempt, duration_s=duration)
     metrics.observe_stage(lease.stage, "succeeded", duration, _engine(ctx))
     return Result(StageOutcome.CONTINUE)
 

@@ -1,11 +1,13 @@
-"""Appending to ``task_events`` and recording final outcomes."""
+"""Appending to ``task_events`` and recording final outcomes (a final outcome wakes the
+dispatcher: :mod:`pipeline.state.wake`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Connection, Engine, insert, text
 
+from pipeline.state import wake
 from pipeline.state.models import TaskEvent
 from pipeline.state.status import RANK, Status, rank_case
 
@@ -15,9 +17,17 @@ def record(db_engine: Engine, task_id: str, stage: str | None, event: str, *,
            detail: dict[str, Any] | None = None) -> None:
     """Append one event (its own short transaction: history survives a later rollback)."""
     with db_engine.begin() as conn:
-        conn.execute(insert(TaskEvent).values(
-            task_id=task_id, stage=stage, event=event, worker=worker, attempt=attempt,
-            duration_s=duration_s, detail=detail or {}))
+        append(conn, task_id, stage, event, worker=worker, attempt=attempt,
+               duration_s=duration_s, detail=detail)
+
+
+def append(conn: Connection, task_id: str, stage: str | None, event: str, *,
+           worker: str | None = None, attempt: int = 0, duration_s: float | None = None,
+           detail: dict[str, Any] | None = None) -> None:
+    """Append one event in the caller's transaction (it commits with the change it tells)."""
+    conn.execute(insert(TaskEvent).values(
+        task_id=task_id, stage=stage, event=event, worker=worker, attempt=attempt,
+        duration_s=duration_s, detail=detail or {}))
 
 
 def finish(db_engine: Engine, task_id: str, status: Status, *, owner: str | None = None,
@@ -39,4 +49,6 @@ def finish(db_engine: Engine, task_id: str, status: Status, *, owner: str | None
             WHERE task_id = :t AND {rank_case()} < {RANK[status]}
         """), {"t": task_id, "status": status.value, "code": error_code,
                "message": error_message, "owner": owner})
+        if result.rowcount == 1:  # a place in the window frees, waiting jobs may go
+            conn.execute(wake.NOTIFY_TOPIC, {"t": task_id})
     return result.rowcount == 1
