@@ -34,9 +34,13 @@ from sqlalchemy import Connection, text
 #: Seconds of waiting one priority level is worth (the rank function in migration 0003).
 PRIORITY_AGING_S = 60
 
-_PICK = text("""
-WITH job AS (
-    SELECT t.task_id FROM tasks t
+#: Jobs dispatched and not yet past the gpu stage (the window the dispatcher fills).
+_IN_WINDOW = """kafka_topic = :topic AND status IN ('queued', 'running')
+  AND coalesce(stage, 'preprocess') IN ('preprocess', 'gpu')"""
+
+#: The next runnable job of the topic, locked: the tenant first, then the job's rank.
+_NEXT_JOB = """
+    SELECT {columns} FROM tasks t
     WHERE t.kafka_topic = :topic AND t.status = 'received'
       AND coalesce(t.tenant, '') = (
           SELECT tenant FROM tenants
@@ -44,34 +48,30 @@ WITH job AS (
           ORDER BY inflight / weight, picked_at LIMIT 1)
       AND (t.deadline IS NULL OR t.deadline > now())
     ORDER BY sonic_rank(t.received_at, t.priority)
-    LIMIT 1 FOR UPDATE OF t SKIP LOCKED
-)
+    LIMIT 1 FOR UPDATE OF t SKIP LOCKED"""
+
+#: Mark the chosen job (``{source}``, with its task_id) queued at the preprocess stage.
+_QUEUE = """
 UPDATE tasks SET status = 'queued', stage = 'preprocess', queued_at = now(), updated_at = now()
-FROM job WHERE tasks.task_id = job.task_id
+FROM {source} WHERE tasks.task_id = {source}.task_id{also}
 RETURNING tasks.task_id, tasks.priority, coalesce(tasks.tenant, '') AS tenant,
-          extract(epoch FROM clock_timestamp() - tasks.received_at) AS waited_s""")
+          extract(epoch FROM clock_timestamp() - tasks.received_at) AS waited_s{returning}"""
+
+_PICK = text(f"""
+WITH job AS ({_NEXT_JOB.format(columns="t.task_id")}
+)""" + _QUEUE.format(source="job", also="", returning=""))
 
 #: The pick's choice, sent only when it must go before a job dispatched and not yet on
 #: the gpu (``waiting``: queued or preprocessing, or preprocessed and not started there);
 #: ``lane`` is the Redis priority it is published with.
-_OVERTAKE = text("""
+_OVERTAKE = text(f"""
 WITH ahead AS (
     SELECT coalesce(tenant, '') AS tenant, priority, sonic_rank(received_at, priority) AS rank,
            coalesce(stage, 'preprocess') = 'preprocess' OR lease_owner IS NULL AS waiting
     FROM tasks
-    WHERE kafka_topic = :topic AND status IN ('queued', 'running')
-      AND coalesce(stage, 'preprocess') IN ('preprocess', 'gpu')
-), job AS (
-    SELECT t.task_id, t.priority, coalesce(t.tenant, '') AS tenant,
-           sonic_rank(t.received_at, t.priority) AS rank FROM tasks t
-    WHERE t.kafka_topic = :topic AND t.status = 'received'
-      AND coalesce(t.tenant, '') = (
-          SELECT tenant FROM tenants
-          WHERE topic = :topic AND runnable > 0 AND inflight < :tenant_cap
-          ORDER BY inflight / weight, picked_at LIMIT 1)
-      AND (t.deadline IS NULL OR t.deadline > now())
-    ORDER BY sonic_rank(t.received_at, t.priority)
-    LIMIT 1 FOR UPDATE OF t SKIP LOCKED
+    WHERE {_IN_WINDOW}
+), job AS ({_NEXT_JOB.format(columns="t.task_id, t.priority, coalesce(t.tenant, '') AS tenant, "
+                                    "sonic_rank(t.received_at, t.priority) AS rank")}
 ), lane AS (
     SELECT job.task_id, CASE
         WHEN job.tenant NOT IN (SELECT tenant FROM ahead)
@@ -83,17 +83,10 @@ WITH ahead AS (
             THEN job.priority
         END AS lane
     FROM job
-)
-UPDATE tasks SET status = 'queued', stage = 'preprocess', queued_at = now(), updated_at = now()
-FROM lane WHERE tasks.task_id = lane.task_id AND lane.lane IS NOT NULL
-RETURNING tasks.task_id, tasks.priority, coalesce(tasks.tenant, '') AS tenant,
-          extract(epoch FROM clock_timestamp() - tasks.received_at) AS waited_s, lane.lane""")
+)""" + _QUEUE.format(source="lane", also=" AND lane.lane IS NOT NULL",
+                     returning=", lane.lane"))
 
-#: Jobs dispatched and not yet past the gpu stage: the window the dispatcher fills.
-_AHEAD_OF_GPU = text("""
-SELECT count(*) FROM tasks
-WHERE kafka_topic = :topic AND status IN ('queued', 'running')
-  AND coalesce(stage, 'preprocess') IN ('preprocess', 'gpu')""")
+_AHEAD_OF_GPU = text(f"SELECT count(*) FROM tasks WHERE {_IN_WINDOW}")
 
 _WEIGHTS = text("""
 INSERT INTO tenants (topic, tenant, weight) VALUES (:topic, :tenant, :weight)
