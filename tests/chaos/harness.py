@@ -64,7 +64,7 @@ SECRET = "whsec_" + "Y2hhb3MtdGVzdC1zZWNyZXQtZm9yLXNpZ25pbmc="
 POOL_NAMES = ("gpu", "cpu", "io")
 SERVICES = ("postgres", "redis", "kafka")
 LEASE_TTL_S = 4
-STALLED_AFTER_S = 12
+STALLED_AFTER_S = 8
 #: The shared MinIO of the local stack (the only shared service a scenario touches).
 SHARED = load()
 
@@ -241,17 +241,32 @@ class ChaosStack:
                                    self.kafka.kafka.data),
         }
         self._pg = postgres
-        with ThreadPoolExecutor(4) as pool:
-            jobs = [pool.submit(self._first_postgres), pool.submit(self.services["redis"].start),
-                    pool.submit(self.services["kafka"].start), pool.submit(self._media),
-                    pool.submit(self._bucket)]
-            for job in jobs:
+        processes = list(processes)
+        pools = [n for n in processes if n != "bridge"]
+        marks = {n: self._log_mark(n) for n in processes}
+        # Kafka (a JVM, the slowest) boots while the pools, which need only PostgreSQL
+        # and Redis, start; the bridge follows Kafka and its topics.
+        with ThreadPoolExecutor(5) as pool:
+            kafka = pool.submit(self.services["kafka"].start)
+            ready = [pool.submit(self._first_postgres), pool.submit(self.services["redis"].start),
+                     pool.submit(self._media), pool.submit(self._bucket)]
+            for job in ready:
                 job.result()
+            for name in pools:
+                self.start_process(name, wait=False)
+            kafka.result()
         self._topics()
         self.receiver.start()
-        self.start_processes(processes)
+        if "bridge" in processes:
+            self.start_process("bridge", wait=False)
+        for name in processes:
+            self.wait_serving(name, marks[name])
         self.started_s = time.monotonic() - started
         return self
+
+    def _log_mark(self, name: str) -> int:
+        log = self.logs / f"{name}.log"
+        return log.stat().st_size if log.exists() else 0
 
     def _first_postgres(self) -> None:
         from pipeline.state import migrate
@@ -480,6 +495,21 @@ class ChaosStack:
                 proc.popen.wait(timeout=60)
                 self.fault("SIGTERM", name)
         self.start_process(name, wait=wait)
+
+    def stop_process(self, name: str, timeout_s: float = 60) -> None:
+        """SIGTERM ``name`` (thawed first) and wait for its exit: a clean stop, no fault."""
+        proc = self.procs[name]
+        if not proc.alive:
+            return
+        assert proc.popen is not None
+        if proc.frozen:
+            self.thaw(name)
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait()
 
     def ensure_running(self, names: Iterable[str] = ("bridge", *POOL_NAMES)) -> None:
         """Every service up, every named process running and not frozen (between
