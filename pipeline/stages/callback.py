@@ -127,6 +127,9 @@ def _too_old(ctx: StageContext) -> bool:
 
 
 def _set(ctx: StageContext, status: str, attempts: int) -> None:
+    """Record a callback still under way, only while this copy holds the stage's lease (a
+    copy resumed past its lease must not undo the state the new holder settled)."""
     with ctx.db_engine.begin() as conn:
         conn.execute(text("UPDATE tasks SET callback_status = :s, callback_attempts = :a "
-                          "WHERE task_id = :t"), {"s": status, "a": attempts, "t": ctx.task_id})
+                          "WHERE task_id = :t AND lease_owner = :owner"),
+                     {"s": status, "a": attempts, "t": ctx.task_id, "owner": ctx.lease.owner})

@@ -275,12 +275,19 @@ def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
                               succeeded_s=duration, **values)
 
     if not _durably(ctx.settings, advance):
-        _record(ctx.db_engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
-                attempt=lease.attempt, duration_s=duration)
-        metrics.count_takeover(lease.stage, "lost")
-        return Result(StageOutcome.SKIP)
+        return _lost(ctx, duration)
     metrics.observe_stage(lease.stage, "succeeded", duration, _engine(ctx))
     return Result(StageOutcome.CONTINUE)
+
+
+def _lost(ctx: StageContext, duration: float) -> Result:
+    """The stage ended but its lease is another copy's now (this worker was frozen or cut
+    off past it): its outcome is discarded, the new holder's stands."""
+    lease = ctx.lease
+    _record(ctx.db_engine, lease.task_id, lease.stage, "lease_lost", worker=lease.owner,
+            attempt=lease.attempt, duration_s=duration)
+    metrics.count_takeover(lease.stage, "lost")
+    return Result(StageOutcome.SKIP)
 
 
 def _stopped(ctx: StageContext, exc: LeaseLost) -> Result:
@@ -311,15 +318,16 @@ def _failed(ctx: StageContext, exc: PipelineError, duration: float,
     if lease.stage == "callback":
         # The job's outcome stands (a failed callback never fails a finished video):
         # settle the callback as failed and give the lease back.
-        _durably(ctx.settings, lambda: leases.advance(ctx.db_engine, lease, None,
-                                                      callback_status="failed"))
+        if not _durably(ctx.settings, lambda: leases.advance(ctx.db_engine, lease, None,
+                                                             callback_status="failed")):
+            return _lost(ctx, duration)
     else:
         status = Status.CANCELLED if exc.code == "task.cancelled" else Status.FAILED
-        if not _durably(ctx.settings, lambda: journal.finish(
-                ctx.db_engine, lease.task_id, status, owner=lease.owner, error_code=exc.code,
-                error_message=exc.message)):
-            # Final already (cancelled meanwhile): its outcome stands; drop our lease.
-            _durably(ctx.settings, lambda: leases.release(ctx.db_engine, lease))
+        # Only while the lease is ours (final already, cancelled meanwhile: its outcome
+        # stands and our lease is dropped); a lost lease leaves job and work dir alone.
+        if _durably(ctx.settings, lambda: leases.fail(
+                ctx.db_engine, lease, status, exc.code, exc.message)) is leases.Ending.LOST:
+            return _lost(ctx, duration)
         remove_workdir(ctx.settings, lease.task_id)  # failed for good: nothing reads it
     _record(ctx.db_engine, lease.task_id, lease.stage, "failed", worker=lease.owner,
             attempt=lease.attempt, duration_s=duration, detail=_detail(exc, cause))
@@ -333,7 +341,8 @@ def _retry(ctx: StageContext, exc: PipelineError, duration: float, cap: int,
     lease = ctx.lease
     if lease.attempt >= cap:
         return _failed(ctx, exc, duration, cause)
-    leases.release(ctx.db_engine, lease)
+    if not leases.release(ctx.db_engine, lease):
+        return _lost(ctx, duration)  # no retry: the stage is another copy's now
     # A stage may name its own delay (a receiver's Retry-After); else exponential backoff.
     delay = float(exc.detail.get("delay_s") or backoff_delay(lease.attempt))
     _record(ctx.db_engine, lease.task_id, lease.stage, "retrying", worker=lease.owner,

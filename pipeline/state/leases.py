@@ -6,7 +6,9 @@ callback stage also runs for final jobs; it never sets ``started_at``, which onl
 stage's first start sets, so a job that never ran keeps it NULL and its stage). The
 holder heart-beats; a dead holder's lease expires and the reconciler re-queues the stage.
 A Redis redelivery after the visibility timeout, or a reconciler retry, finds the lease
-held and backs off instead of starting a second copy.
+held and backs off instead of starting a second copy. Every outcome is fenced by the
+lease: a copy that lost it meanwhile (its worker frozen or cut off past the lease) has its
+success (:func:`advance`), failure (:func:`fail`) or retry (:func:`release`) discarded.
 
 The lease owner is a token, not a process: a stage retried after a database error passes
 its token on, so the retry takes its own lease back (without counting a new attempt).
@@ -162,14 +164,55 @@ def advance(db_engine: Engine, lease: Lease, next_stage: str | None, *,
     return True
 
 
-def release(db_engine: Engine, lease: Lease) -> None:
-    """Give the lease back without moving on (before a retry)."""
+def release(db_engine: Engine, lease: Lease) -> bool:
+    """Give the lease back without moving on (before a retry). False when it was not
+    ours any more (taken over, or cleared by the reconciler, which re-sent the stage)."""
     with db_engine.begin() as conn:
-        conn.execute(text("""
+        result = conn.execute(text("""
             UPDATE tasks SET lease_owner = NULL, lease_stage = NULL,
                 lease_expires_at = NULL, updated_at = now()
             WHERE task_id = :t AND lease_owner = :owner
         """), {"t": lease.task_id, "owner": lease.owner})
+    return result.rowcount == 1
+
+
+class Ending(enum.Enum):
+    FAILED = "failed"  #: the job is final now with our outcome, our lease dropped
+    FINAL = "final"  #: it was final already (cancelled meanwhile); our lease dropped
+    LOST = "lost"  #: the lease is not ours: another copy owns the stage and the outcome
+
+
+def fail(db_engine: Engine, lease: Lease, status: Status, error_code: str | None,
+         error_message: str | None) -> Ending:
+    """The stage failed for good: move the task to ``status`` (final) and drop the lease,
+    only while the lease is still ``lease``'s. A stage whose worker was frozen or cut off
+    past its lease must not fail a job another worker took over (and may be finishing).
+
+    A retry of this write after a database error whose commit did land finds the lease
+    gone and the task already ``status`` with ``error_code``: that is our own outcome
+    (``FAILED``)."""
+    assert status.final
+    with db_engine.begin() as conn:
+        row = conn.execute(text(
+            "SELECT status, error_code, lease_owner FROM tasks WHERE task_id = :t FOR UPDATE"),
+            {"t": lease.task_id}).mappings().first()
+        if row is None:
+            return Ending.LOST
+        if row["lease_owner"] != lease.owner:
+            mine = (row["lease_owner"] is None and row["status"] == status.value
+                    and row["error_code"] == error_code)
+            return Ending.FAILED if mine else Ending.LOST
+        final = Status(row["status"]).final
+        outcome = "" if final else """, status = :status, finished_at = now(),
+                error_code = coalesce(:code, error_code),
+                error_message = coalesce(:message, error_message)"""
+        conn.execute(text(f"""
+            UPDATE tasks SET lease_owner = NULL, lease_stage = NULL, lease_expires_at = NULL,
+                updated_at = now(){outcome}
+            WHERE task_id = :t
+        """), {"t": lease.task_id, "status": status.value, "code": error_code,
+               "message": error_message})
+    return Ending.FINAL if final else Ending.FAILED
 
 
 def hand_off(db_engine: Engine, task_id: str, stage: str, owner: str) -> bool:

@@ -118,21 +118,20 @@ def test_an_advance_that_committed_but_raised_continues_the_chain(
 def test_a_failure_whose_finish_committed_but_raised_still_sends_the_callback(
         fast: Settings, db_engine: Engine, task_id: str, monkeypatch) -> None:
     from pipeline.errors import AudioError
-    from pipeline.state import journal
 
-    real = journal.finish
+    real = leases.fail
 
-    def committed_then_raised(*args: Any, **kwargs: Any) -> bool:
+    def committed_then_raised(*args: Any, **kwargs: Any) -> leases.Ending:
         real(*args, **kwargs)
         raise _drop("operational")
 
     def stage(ctx: StageContext) -> dict[str, Any]:
         raise AudioError("silent", code="audio.silent")
 
-    monkeypatch.setattr(journal, "finish", committed_then_raised)
+    monkeypatch.setattr(leases, "fail", committed_then_raised)
     first = run_stage(fast, db_engine, task_id, "preprocess", stage)
     assert first.outcome is StageOutcome.RETRY
-    monkeypatch.setattr(journal, "finish", real)
+    monkeypatch.setattr(leases, "fail", real)
     again = run_stage(fast, db_engine, task_id, "preprocess", stage, owner=first.owner)
     assert again.outcome is StageOutcome.FAILED  # the glue sends the callback
     assert task_row(db_engine, task_id)["error_code"] == "audio.silent"

@@ -1,0 +1,92 @@
+"""A stage that lost its lease while it ran (its worker frozen past the lease, or cut off
+from the database) and then ends badly changes nothing: the worker that took the stage
+over owns the job. Found by the frozen-worker chaos scenario (tests/chaos).
+
+Each case takes the lease over from inside the stage (as the reconciler and another
+worker do while this one is frozen), then ends the stage one failing way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from pipeline.errors import AudioError, CallbackRetry, PermanentError, StorageError
+from pipeline.settings import Settings
+from pipeline.stages.runner import StageContext, StageOutcome, run_stage
+from tests.pipeline.stages.conftest import task_events, task_row
+
+pytestmark = pytest.mark.integration
+
+TAKER = "taker:1:abc"
+
+
+def _take_over(ctx: StageContext) -> None:
+    """Another worker holds the stage now (this one's lease expired and was claimed)."""
+    with ctx.db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET lease_owner = :o, lease_expires_at = now() + "
+                          "interval '30 s', attempts = attempts + 1 WHERE task_id = :t"),
+                     {"o": TAKER, "t": ctx.task_id})
+
+
+def _fails(error: BaseException):
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        (ctx.workdir / "render.json").write_text("{}")  # the taker's work in progress
+        _take_over(ctx)
+        raise error
+    return stage
+
+
+#: kind -> (how the stale stage ends, max_attempts: 1 puts a recoverable error at the cap)
+FAILURES = {
+    "permanent": (AudioError("ffmpeg cannot decode audio.wav", code="audio.undecodable"), 3),
+    "missing-artifact": (PermanentError("missing artifact render.json", code="task.lost"), 3),
+    "internal": (KeyError("frames_path"), 3),
+    "recoverable-at-cap": (StorageError("bucket down", code="storage.unavailable"), 1),
+    "recoverable": (StorageError("bucket down", code="storage.unavailable"), 3),
+}
+
+
+@pytest.mark.parametrize("kind", list(FAILURES))
+def test_a_stale_stage_failing_leaves_the_job_to_its_new_holder(
+        fast: Settings, db_engine: Engine, task_id: str, kind: str) -> None:
+    error, cap = FAILURES[kind]
+    settings = fast.model_copy(update={"max_attempts": cap})
+    result = run_stage(settings, db_engine, task_id, "preprocess", _fails(error))
+    # SKIP: no failure callback, no retry message (a second copy of the stage).
+    assert result.outcome is StageOutcome.SKIP, result
+    row = task_row(db_engine, task_id)
+    # Still the taker's: running, its lease, no error, nothing finished.
+    assert (row["status"], row["lease_owner"], row["error_code"], row["finished_at"]) == (
+        "running", TAKER, None, None)
+    assert task_events(db_engine, task_id)[-1] == "lease_lost"
+    assert "failed" not in task_events(db_engine, task_id)
+    # The work dir the taker writes to is left alone.
+    assert (Path(settings.work_dir) / task_id / "render.json").exists()
+
+
+def test_a_stale_callback_retry_keeps_the_delivered_state(
+        fast: Settings, db_engine: Engine, task_id: str) -> None:
+    """The resumed callback stage's attempt timed out after the taker delivered."""
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET stage = 'callback', status = 'completed', "
+                          "callback_url = 'http://127.0.0.1:9/hook' WHERE task_id = :t"),
+                     {"t": task_id})
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        _take_over(ctx)
+        with ctx.db_engine.begin() as conn:  # the taker delivered and settled it
+            conn.execute(text("UPDATE tasks SET callback_status = 'delivered', "
+                              "callback_attempts = 1 WHERE task_id = :t"), {"t": ctx.task_id})
+        from pipeline.stages import callback
+
+        callback._set(ctx, "retrying", 2)
+        raise CallbackRetry("receiver timed out")
+
+    result = run_stage(fast, db_engine, task_id, "callback", stage, max_attempts=10 ** 6)
+    assert result.outcome is StageOutcome.SKIP, result
+    row = task_row(db_engine, task_id)
+    assert (row["callback_status"], row["callback_attempts"], row["lease_owner"]) == (
+        "delivered", 1, TAKER)
