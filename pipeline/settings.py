@@ -323,6 +323,27 @@ class Settings(BaseSettings):
             raise ValueError("SONIC_BACKLOG_LOW must be below SONIC_BACKLOG_MAX")
         return self
 
+    @model_validator(mode="after")
+    def _kafka_sasl(self) -> "Settings":
+        # A SASL login with a part missing or empty is refused here, by name: at the broker
+        # it only ends in a bootstrap timeout.
+        if not self.kafka_security_protocol.startswith("SASL_"):
+            return self
+        if not self.kafka_sasl_mechanism:
+            raise ValueError(f"SONIC_KAFKA_SASL_MECHANISM must be set with "
+                             f"SONIC_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}")
+        if self.kafka_sasl_mechanism.upper() in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            password = self.kafka_sasl_password
+            empty = [name for name, value in (
+                ("SONIC_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                ("SONIC_KAFKA_SASL_PASSWORD",
+                 password.get_secret_value() if password is not None else None))
+                if not value]
+            if empty:
+                raise ValueError(f"{' and '.join(empty)} must be set and not empty for "
+                                 f"SASL {self.kafka_sasl_mechanism}")
+        return self
+
     # --- derived ----------------------------------------------------------------------
     @property
     def database_url(self) -> str:

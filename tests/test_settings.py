@@ -50,3 +50,36 @@ def test_bad_setting_is_one_line_and_exit_3() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "SONIC_REDIS_PORT" in lines[0] and "config.invalid" in lines[0]
+
+
+@pytest.mark.parametrize("sasl,missing", [
+    ({"SONIC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, ["SONIC_KAFKA_SASL_MECHANISM"]),
+    ({"SONIC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SONIC_KAFKA_SASL_MECHANISM": "PLAIN",
+      "SONIC_KAFKA_SASL_USERNAME": "bridge", "SONIC_KAFKA_SASL_PASSWORD": ""},
+     ["SONIC_KAFKA_SASL_PASSWORD"]),
+    ({"SONIC_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SONIC_KAFKA_SASL_MECHANISM": "PLAIN",
+      "SONIC_KAFKA_SASL_USERNAME": "bridge"}, ["SONIC_KAFKA_SASL_PASSWORD"]),
+    ({"SONIC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+      "SONIC_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "SONIC_KAFKA_SASL_USERNAME": "",
+      "SONIC_KAFKA_SASL_PASSWORD": "p4ss"}, ["SONIC_KAFKA_SASL_USERNAME"]),
+    ({"SONIC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SONIC_KAFKA_SASL_MECHANISM": "PLAIN"},
+     ["SONIC_KAFKA_SASL_USERNAME", "SONIC_KAFKA_SASL_PASSWORD"]),
+])
+def test_an_incomplete_sasl_login_is_a_configuration_error_at_once(
+        sasl: dict[str, str], missing: list[str]) -> None:
+    """Not a bootstrap timeout at the broker: one line naming what is missing, exit 3,
+    before any connection (the broker named here does not exist)."""
+    env = {"PATH": "/usr/bin:/bin", "SONIC_KAFKA_BOOTSTRAP": "192.0.2.1:9092", **sasl}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "topics", "create"],
+                          capture_output=True, text=True, env=env, timeout=20)
+    assert proc.returncode == 3, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("sonic-pipeline: config.invalid: ") and "p4ss" not in line
+    assert all(name in line for name in missing), line
+
+
+def test_a_complete_sasl_login_and_other_mechanisms_pass() -> None:
+    Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
+             kafka_sasl_username="bridge", kafka_sasl_password="secret")
+    Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="OAUTHBEARER")
+    Settings(kafka_sasl_password="")  # no SASL: an empty password is never used
