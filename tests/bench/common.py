@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.settings import Settings, load  # noqa: E402
+from tests.support.pools import env_of as _env  # noqa: E402
 
 #: Where ``make bench`` leaves its figures (git-ignored): one JSON per benchmark,
 #: results.json for all of them, and the plots.
@@ -84,17 +85,6 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
             **data}
     path.write_text(json.dumps(body, indent=2, default=float))
     return path
-
-
-def _env(overrides: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
-    for key, value in overrides.items():
-        if isinstance(value, (list, tuple)):
-            value = ",".join(map(str, value))
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"SONIC_{key.upper()}"] = str(value)
-    return env
 
 
 def tiny_inputs(folder: Path) -> tuple[Path, Path]:

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, text
 
@@ -35,14 +34,10 @@ from pipeline.commands import worker_argv
 from pipeline.settings import Settings, load
 from pipeline.storage.s3 import S3Store
 from tests.pipeline.media.helpers import PORTRAIT, speak
+from tests.support import pools
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "sonic-pipeline"
-#: Redis database of these workers (the suite's other tests use others).
-CLI_REDIS_DB = 4
-#: The bridge's metrics port; the pools serve theirs on the next three (these pools live
-#: the whole session: a port no other test's pools take).
-METRICS_PORT = 29600
 FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
 
@@ -50,15 +45,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r")
 def plain(text_: str) -> str:
     """Terminal output without escape sequences and carriage returns."""
     return _ANSI.sub("", text_)
-
-
-def env_of(overrides: dict[str, Any]) -> dict[str, str]:
-    """This process's environment without SONIC_*, plus ``overrides`` as SONIC_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
-    for key, value in overrides.items():
-        env[f"SONIC_{key.upper()}"] = ",".join(map(str, value)) if isinstance(value, list) \
-            else str(value)
-    return env
 
 
 def run_pty(argv: list[str], env: dict[str, str], timeout_s: float = 180,
@@ -112,7 +98,7 @@ class CliStack:
 
     @property
     def env(self) -> dict[str, str]:
-        return env_of(self.overrides)
+        return pools.env_of(self.overrides)
 
     @property
     def topic(self) -> str:
@@ -151,25 +137,22 @@ class CliStack:
         return "\n".join(tails)
 
     def start(self, name: str, argv: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = pools.spawn(argv, self.env, self.root / f"{name}.log")
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        pools.stop(list(self.procs.values()))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cli_stack(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[CliStack]:
+    """The pools and bridge of tests/cli, stopped after its last test."""
+    with pools.lease("tests/cli", stack) as lease:
+        yield from _cli_stack(stack, db_engine, tmp_path_factory, lease)
+
+
+def _cli_stack(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory,
+               lease: pools.Lease) -> Iterator[CliStack]:
     import cv2
 
     root = tmp_path_factory.mktemp("cli")
@@ -183,7 +166,8 @@ def cli_stack(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempP
     cv2.imwrite(str(wall), np.dstack([ramp, ramp, ramp]))
     name = f"cli-{uuid.uuid4().hex[:8]}"
     overrides: dict[str, Any] = {
-        "redis_db": CLI_REDIS_DB, "state_dir": root / "state", "metrics_port": METRICS_PORT,
+        "redis_db": lease.redis_db, "state_dir": root / "state",
+        "metrics_port": lease.metrics_port,
         "topic_tasks": name, "topic_dlq": f"{name}-dlq", "topic_control": f"{name}-control",
         "topic_status": f"{name}-status", "topic_partitions": 2,
         "consumer_group": f"{name}-group", "dispatch_idle_s": 0.05,
@@ -197,8 +181,6 @@ def cli_stack(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempP
                     input_buckets=["sonic-cli-uploads"])
     for bucket in (settings.s3_bucket, settings.upload_bucket):
         S3Store(settings.model_copy(update={"s3_bucket": bucket})).ensure_bucket()
-    client = redis.Redis(host=stack.redis_host, port=stack.redis_port, db=CLI_REDIS_DB)
-    client.flushdb()
     cs = CliStack(settings, overrides, db_engine, root, face, speech, wall)
     made = cs.invoke("topics", "create")
     assert made.exit_code == 0, made.output
@@ -212,7 +194,6 @@ def cli_stack(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempP
         with db_engine.begin() as conn:
             conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": name})
             conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": name})
-        client.flushdb()
         from kafka import KafkaAdminClient
 
         admin = KafkaAdminClient(**stack.kafka_client_config())
@@ -233,7 +214,7 @@ class RealRun:
     failed_result: Result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real_run(cli_stack: CliStack) -> RealRun:
     cs = cli_stack
     done = f"{cs.topic}-done"

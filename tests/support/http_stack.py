@@ -1,7 +1,8 @@
 """The HTTP service on the real stack, for tests/http and tests/browser.
 
 One per test session (``http_stack``, registered in tests/conftest.py so both folders
-share it): a private MinIO and Redis, a Kafka topic of its own, the three worker pools,
+share it), stopped as soon as the last test that uses it is done (not at the end of the
+session: its processes would idle through every later folder): a private MinIO and Redis, a Kafka topic of its own, the three worker pools,
 ``python -m bridge`` and ``python -m pipeline.http`` on a free port, all as real
 processes with the same ``SONIC_*`` environment. Tokens: tenants ``acme``, ``globex`` and
 ``initech`` (the browser's: a tenant with no other work, so the fair dispatcher serves it
@@ -12,12 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,14 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from tests.support import pools
+
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {"acme": "acme-token-0123456789", "globex": "globex-token-0123456789",
           "initech": "initech-token-0123456789",
           "*": "operator-token-0123456789"}
 #: The service's per-part cap in these tests (small, so "too large" costs little).
 MAX_INPUT_BYTES = 3 * 1024 * 1024
-#: Below the ephemeral range: the bridge's metrics port, then the three pools'.
-METRICS_PORT = 29500
 #: Render knobs that keep a job short on a CPU.
 FAST = {"min_resolution": "256", "inference_steps": "4", "seed": "7"}
 
@@ -104,22 +104,36 @@ class HttpStack:
         return "\n".join(out)
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = pools.spawn(argv, self.env, self.logs / f"{name}.log")
         self.procs[name] = proc
         return proc
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        pools.stop(list(self.procs.values()))
+
+
+#: Node id of the last collected test that uses ``http_stack`` (empty: none).
+_last_user: list[str] = []
+#: The live stack's cleanup (run once, by the last user's teardown or the session's end).
+_cleanup: list[Callable[[], None]] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    users = [item.nodeid for item in items if "http_stack" in getattr(item, "fixturenames", ())]
+    _last_user[:] = users[-1:]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    if item.nodeid in _last_user:
+        _stop_stack()
+
+
+def _stop_stack() -> None:
+    while _cleanup:
+        _cleanup.pop()()
 
 
 def _wait_healthy(stack: HttpStack, timeout: float = 60) -> None:
@@ -156,6 +170,7 @@ def http_stack(stack: Any, db_engine: Engine, tmp_path_factory: pytest.TempPathF
     from tests.support.server import free_port
 
     root = tmp_path_factory.mktemp("http")
+    owner = "tests/support/http_stack"
     inputs, state, logs = root / "inputs", root / "state", root / "logs"
     for folder in (inputs, state, logs):
         folder.mkdir()
@@ -167,6 +182,15 @@ def http_stack(stack: Any, db_engine: Engine, tmp_path_factory: pytest.TempPathF
     topic = f"test-http-{uuid.uuid4().hex[:8]}"
     port = free_port()
     http: HttpStack | None = None
+
+    def cleanup() -> None:
+        for step in reversed(undo):
+            step()
+        with db_engine.begin() as conn:
+            conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
+            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
+
+    _cleanup.append(cleanup)
     try:
         bin_dir = stack.state_dir / "bin"
         install_minio(bin_dir)
@@ -179,6 +203,9 @@ def http_stack(stack: Any, db_engine: Engine, tmp_path_factory: pytest.TempPathF
         redis = Redis(load(state_dir=root / "redis", redis_port=redis_port))
         undo.append(redis.stop)
         redis.wait_ready(redis.start())
+        # A Redis of its own (database 0 there); the metrics ports from the registry.
+        metrics_port = pools.take_metrics_ports(owner)
+        undo.append(lambda: pools.release(owner))
 
         admin = KafkaAdminClient(**stack.kafka_client_config())
         undo.append(admin.close)
@@ -193,7 +220,7 @@ def http_stack(stack: Any, db_engine: Engine, tmp_path_factory: pytest.TempPathF
             "API_TOKENS": ",".join(f"{tenant}:{token}" for tenant, token in TOKENS.items()),
             "API_SESSION_SECRET": "http-test-session-secret", "API_PORT": port,
             "HEARTBEAT_INTERVAL_S": 1, "LEASE_TTL_S": 6, "WORKER_CONCURRENCY": 1,
-            "TIME_LIMIT_S": 120, "METRICS_PORT": METRICS_PORT, "RECONCILE_INTERVAL_S": 2,
+            "TIME_LIMIT_S": 120, "METRICS_PORT": metrics_port, "RECONCILE_INTERVAL_S": 2,
         }
         values = {key: str(value) for key, value in overrides.items()}
         env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
@@ -209,8 +236,4 @@ def http_stack(stack: Any, db_engine: Engine, tmp_path_factory: pytest.TempPathF
         _wait_healthy(http)
         yield http
     finally:
-        for step in reversed(undo):
-            step()
-        with db_engine.begin() as conn:
-            conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
-            conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
+        _stop_stack()
