@@ -5,7 +5,8 @@ the callback receiver's log, did every produced job end exactly once?
 - **duplicated**: a job admitted more than once, moved to a final status more than once,
   or with a stage that succeeded more than once (work done twice);
 - **unexpected**: final, but not in a status the scenario expects (default ``completed``:
-  a job the faults pushed to ``failed`` with ``task.lost`` is a loss too);
+  a job the faults pushed to ``failed`` with ``task.lost`` is a loss too; an expected
+  entry is a status, or ``status:error_code`` such as ``failed:task.deadline``);
 - **missing_videos** / **extra_videos**: a completed job without exactly its
   ``videos/<id>.mp4`` (and poster), or a video of a job that did not complete;
 - **callbacks_bad**: a job with a callback URL whose receiver did not see exactly one
@@ -149,7 +150,8 @@ def audit(db_engine: Engine, ids: Iterable[str], object_keys: Iterable[str],
             _note(problems, task_id, f"not final: {status}, callback {row['callback_status']}")
             continue
         out.final += 1
-        if status not in expect.get(task_id, ("completed",)):
+        allowed = expect.get(task_id, ("completed",))
+        if status not in allowed and f"{status}:{row['error_code']}" not in allowed:
             out.unexpected += 1
             _note(problems, task_id, f"{status} ({row['error_code']})")
         events = outbox.get(task_id, {})

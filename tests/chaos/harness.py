@@ -211,6 +211,9 @@ class ChaosStack:
             "reconcile_interval_s": 1, "stalled_after_s": STALLED_AFTER_S,
             "max_attempts": 6, "worker_concurrency": 1, "time_limit_s": 60,
             "metrics_port": metrics, "webhook_timeout_s": 5,
+            # The broker's floor (group.min.session.timeout.ms): a bridge killed -9 leaves
+            # its partitions to the next one after this.
+            "kafka_session_timeout_ms": 6000,
         }
         self.overrides.update(overrides or {})
         self._metrics_next = metrics + 4

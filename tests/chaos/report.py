@@ -2,7 +2,9 @@
 
 A row is an outcome's ``row()`` (:class:`tests.chaos.scenario.Entry`): ``scenario``,
 ``jobs``, ``lost``, ``duplicated``, ``recovery_s`` (from the end of the last fault to every
-job settled), ``wall_s``, ``passed``, ``problems``; anything else is kept in the JSON.
+job settled), ``wall_s``, ``passed``, ``problems``, and where a scenario measures it
+``stall_s`` (the longest time no stage of the run succeeded); anything else is kept in the
+JSON.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = (("scenario", 24), ("jobs", 5), ("lost", 5), ("dup", 4), ("recover s", 10),
-           ("wall s", 7), ("result", 6))
+           ("stall s", 8), ("wall s", 7), ("result", 6))
 
 
 def _cell(row: dict[str, Any], name: str) -> str:
@@ -23,6 +25,9 @@ def _cell(row: dict[str, Any], name: str) -> str:
         return str(row.get("duplicated", ""))
     if name == "recover s":
         value = row.get("recovery_s")
+        return "-" if value is None else f"{value:.1f}"
+    if name == "stall s":
+        value = row.get("stall_s")
         return "-" if value is None else f"{value:.1f}"
     if name == "wall s":
         return f"{row.get('wall_s', 0):.1f}"

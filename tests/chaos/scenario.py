@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from tests.chaos.audit import Audit
 from tests.chaos.harness import ChaosStack
 
@@ -82,7 +84,8 @@ class Run:
 @dataclass
 class Outcome:
     """What one execution showed. ``recover_s``: from the end of the last fault (the last
-    kill, restart or resume) to every job settled."""
+    kill, restart or resume) to every job settled (the jobs left then included);
+    ``notes["longest_stall_s"]``: the longest time no stage of the run succeeded."""
 
     scenario: str
     jobs: int
@@ -107,13 +110,25 @@ class Outcome:
                 "duplicated": self.audit.duplicated,
                 "recovery_s": None if self.recover_s is None else round(self.recover_s, 2),
                 "wall_s": round(self.wall_s, 1), "passed": self.passed,
-                "problems": problems, "faults": self.faults, "seed": self.seed,
+                "stall_s": self.notes.get("longest_stall_s"), "problems": problems, "faults": self.faults, "seed": self.seed,
                 "audit": self.audit.as_dict(), "notes": self.notes,
                 "fault_log": self.fault_log}
 
     def describe(self) -> str:
         return (f"{self.scenario} (seed {self.seed}): {self.audit.summary()}; error: "
                 f"{self.error}; notes {self.notes}; faults {self.fault_log}")
+
+
+def longest_stall_s(stack: ChaosStack, ids: list[str]) -> float | None:
+    """The longest time between two consecutive stage successes of ``ids`` (how long
+    the run stood still at worst), seconds; None with fewer than two."""
+    with stack.db.connect() as conn:
+        gap = conn.execute(text("""
+            SELECT max(extract(epoch FROM at - previous)) FROM (
+                SELECT at, lag(at) OVER (ORDER BY at) AS previous FROM task_events
+                WHERE task_id = ANY(:ids) AND event = 'succeeded') steps"""),
+            {"ids": ids}).scalar()
+    return None if gap is None else round(float(gap), 2)
 
 
 def execute(stack: ChaosStack, scenario: Scenario, jobs: int, seed: int) -> Outcome:
@@ -138,6 +153,10 @@ def execute(stack: ChaosStack, scenario: Scenario, jobs: int, seed: int) -> Outc
     except Exception as exc:  # noqa: BLE001
         result = Audit(jobs=len(run.ids), lost=len(run.ids))
         error = (error or "") + f"; audit failed: {type(exc).__name__}: {exc}"
+    try:
+        run.notes["longest_stall_s"] = longest_stall_s(stack, run.ids)
+    except Exception:  # noqa: BLE001 - a figure only
+        pass
     last = max((f.at for f in faults), default=None)
     recover = settled_at - last if settled_at is not None and last is not None else None
     log = [f"{f.at - run.began:7.2f}s {f.what} {f.target}" for f in faults]
