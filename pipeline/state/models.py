@@ -94,7 +94,9 @@ class Task(Base):
         CheckConstraint("progress >= 0 AND progress <= 100", name="tasks_progress_range"),
         Index("ix_tasks_status_received", "status", "received_at"),
         Index("ix_tasks_received_at", "received_at"),
-        Index("ix_tasks_finished_at", "finished_at"),
+        # Finished jobs only (migration 0008): every query on it bounds finished_at.
+        Index("ix_tasks_finished_at", "finished_at",
+              postgresql_where=text("finished_at IS NOT NULL")),
         Index("ix_tasks_tenant_received", "tenant", "received_at"),
         # The scheduler's (migration 0003): the dispatch order inside a tenant, ...
         Index("ix_tasks_pick", "kafka_topic", text("coalesce(tenant, '')"),
@@ -116,13 +118,6 @@ class Task(Base):
             "error_code",
             "finished_at",
             postgresql_where=text("error_code IS NOT NULL"),
-        ),
-        Index(
-            "ix_tasks_ordering_key",
-            "ordering_key",
-            "kafka_partition",
-            "kafka_offset",
-            postgresql_where=text("ordering_key IS NOT NULL"),
         ),
         Index(
             "ix_tasks_lease_expiry",

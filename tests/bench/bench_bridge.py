@@ -64,14 +64,21 @@ def message(task_id: str, i: int) -> bytes:
     }).encode()
 
 
+def task_ids(topic: str, n: int) -> list[str]:
+    """The ids of the topic's first ``n`` jobs. The benchmark's queries look rows up by
+    these (primary key): ``tasks`` has no index on ``kafka_topic`` alone, and a scan of a
+    table that other work has grown took minutes here (and loaded the machine while the
+    bridge ran)."""
+    return [f"{topic}-{i:07d}" for i in range(n)]
+
+
 def produce(settings: Settings, topic: str, n: int) -> None:
     admin = KafkaAdminClient(**settings.kafka_client_config())
     admin.create_topics([NewTopic(topic, PARTITIONS, 1), NewTopic(f"{topic}-dlq", 1, 1)])
     admin.close()
     producer = KafkaProducer(linger_ms=50, batch_size=512 * 1024, acks="all",
                              **settings.kafka_client_config())
-    for i in range(n):
-        task_id = f"{topic}-{i:07d}"
+    for i, task_id in enumerate(task_ids(topic, n)):
         producer.send(topic, key=task_id.encode(), value=message(task_id, i))
     producer.flush()
     producer.close()
@@ -84,35 +91,34 @@ def connect(settings: Settings):  # type: ignore[no-untyped-def]
                             dbname=settings.pg_database)
 
 
-def count(settings: Settings, topic: str) -> int:
+def count(settings: Settings, ids: list[str]) -> int:
     with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM tasks WHERE kafka_topic = %s", (topic,))
+        cur.execute("SELECT count(*) FROM tasks WHERE task_id = ANY(%s)", (ids,))
         n = cur.fetchone()[0]
     conn.close()
     return int(n)
 
 
-def rate(settings: Settings, topic: str) -> tuple[int, float]:
+def rate(settings: Settings, ids: list[str]) -> tuple[int, float]:
     """(rows durable before the last transaction, seconds from the first to the last)."""
     with connect(settings) as conn, conn.cursor() as cur:
         cur.execute("""
-            WITH span AS (SELECT min(received_at) AS first, max(received_at) AS last
-                          FROM tasks WHERE kafka_topic = %(t)s)
+            WITH rows AS (SELECT received_at FROM tasks WHERE task_id = ANY(%(ids)s)),
+                 span AS (SELECT min(received_at) AS first, max(received_at) AS last FROM rows)
             SELECT count(*) FILTER (WHERE received_at < span.last),
                    extract(epoch FROM span.last - span.first)
-            FROM tasks, span WHERE kafka_topic = %(t)s GROUP BY span.last, span.first""",
-                    {"t": topic})
+            FROM rows, span GROUP BY span.last, span.first""", {"ids": ids})
         n, seconds = cur.fetchone() or (0, 0.0)
     conn.close()
     return int(n), float(seconds or 0.0)
 
 
 def run_ours(settings: Settings, topic: str, n: int, profile: bool,
-             root: Path = ROOT) -> tuple[float, str]:
-    """jobs/s of ``python -m bridge`` (from the tree at ``root``) over the topic's first
-    ``n`` jobs; its phases line."""
+             root: Path = ROOT, extra_env: dict[str, str] | None = None) -> tuple[float, str]:
+    """jobs/s of ``python -m bridge`` (from the tree at ``root``, with ``extra_env``) over
+    the topic's first ``n`` jobs; its phases line."""
     group = f"{topic}-ours-{uuid.uuid4().hex[:6]}"
-    env = dict(os.environ, SONIC_TOPIC_TASKS=topic, SONIC_TOPIC_DLQ=f"{topic}-dlq",
+    env = dict(os.environ, **(extra_env or {}), SONIC_TOPIC_TASKS=topic, SONIC_TOPIC_DLQ=f"{topic}-dlq",
                SONIC_CONSUMER_GROUP=group, SONIC_REDIS_DB=str(BENCH_REDIS_DB),
                SONIC_BACKLOG_MAX=str(10 * n), SONIC_BACKLOG_LOW=str(10 * n - 1),
                SONIC_METRICS_PORT="0")
@@ -124,19 +130,20 @@ def run_ours(settings: Settings, topic: str, n: int, profile: bool,
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--threads",
                                     "--format", "raw", "-o", "/tmp/bench_bridge.spy",
                                     "--duration", "20"])
+        ids = task_ids(topic, n)
         try:
             deadline = time.monotonic() + 300
-            while count(settings, topic) < n and time.monotonic() < deadline:
+            while count(settings, ids) < n and time.monotonic() < deadline:
                 if proc.poll() is not None:
                     raise SystemExit(f"the bridge exited with {proc.returncode}; see {LOG}")
-                time.sleep(0.2)
+                time.sleep(0.5)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
             if spy is not None:
                 spy.wait(timeout=60)
     found = re.findall(r"phases .*", LOG.read_text(errors="replace"))
-    done, seconds = rate(settings, topic)
+    done, seconds = rate(settings, ids)
     return (done / seconds if seconds else float("nan")), (found[-1] if found else "")
 
 
@@ -164,24 +171,21 @@ def run_naive(settings: Settings, topic: str, n: int, publish: bool = False) -> 
             break
     consumer.close()
     conn.close()
-    rows, seconds = rate(settings, topic)
+    rows, seconds = rate(settings, task_ids(topic, n))
     return rows / seconds if seconds else float("nan")
 
 
-def delete_rows(settings: Settings, topic: str) -> None:
-    """The topic's rows, a few thousand jobs per transaction: each deleted job's trigger
-    updates its tenant's counts row, and one transaction's versions of one row form a
-    chain every further update walks (all at once is quadratic: minutes for 30,000)."""
+def delete_rows(settings: Settings, topic: str, n: int) -> None:
+    """The topic's rows (its first ``n`` jobs), a few thousand jobs per transaction."""
     conn = connect(settings)
+    ids = task_ids(topic, n)
     with conn.cursor() as cur:
-        while True:
-            cur.execute("DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks "
-                        "WHERE kafka_topic = %s LIMIT 2000)", (topic,))
+        for start in range(0, n, 5000):
+            chunk = ids[start:start + 5000]
+            cur.execute("DELETE FROM tasks WHERE task_id = ANY(%s)", (chunk,))
+            cur.execute("DELETE FROM status_outbox WHERE task_id = ANY(%s)", (chunk,))
             conn.commit()
-            if cur.rowcount == 0:
-                break
         cur.execute("DELETE FROM tenants WHERE topic = %s", (topic,))
-        cur.execute("DELETE FROM status_outbox WHERE topic = %s", (topic,))
     conn.commit()
     conn.close()
     redis.Redis(host=settings.redis_host, port=settings.redis_port, db=BENCH_REDIS_DB,
@@ -206,10 +210,17 @@ def main() -> int:
     parser.add_argument("--other-root", type=Path,
                         help="also measure the bridge of this source tree (say, an older "
                              "commit's `git archive`), in the same runs")
+    parser.add_argument("--other-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="settings of the other bridge (this tree's unless --other-root "
+                             "is given), say SONIC_BRIDGE_BATCH_MAX=5000; repeatable")
     args = parser.parse_args()
+    other_env = dict(item.split("=", 1) for item in args.other_env)
+    if other_env and args.other_root is None:
+        args.other_root = ROOT
     settings = load(redis_db=BENCH_REDIS_DB)
     topic = f"bench-admit-{uuid.uuid4().hex[:8]}"
-    produce(settings, topic, max(args.jobs, args.naive_jobs))
+    total = max(args.jobs, args.naive_jobs)
+    produce(settings, topic, total)
     ours: list[tuple[float, str]] = []
     naive: list[float] = []
     published: list[float] = []
@@ -225,7 +236,8 @@ def main() -> int:
                 elif which == "other":
                     if args.other_root is None:
                         continue
-                    other.append(run_ours(settings, topic, args.jobs, False, args.other_root))
+                    other.append(run_ours(settings, topic, args.jobs, False, args.other_root,
+                                          other_env))
                     figure = other[-1][0]
                 elif args.skip_naive:
                     continue
@@ -234,11 +246,11 @@ def main() -> int:
                 else:
                     published.append(figure := run_naive(settings, topic, args.naive_jobs,
                                                          publish=True))
-                delete_rows(settings, topic)
+                delete_rows(settings, topic, total)
                 print(f"  run {rep + 1}: {which} {figure:,.0f} jobs/s "
                       f"({time.monotonic() - started:.0f} s with its clean-up)", flush=True)
     finally:
-        delete_rows(settings, topic)
+        delete_rows(settings, topic, total)
         delete_topic(settings, topic)
     rates = sorted(ours)
     median = rates[len(rates) // 2]
@@ -248,9 +260,10 @@ def main() -> int:
           f"(runs: {', '.join(f'{r:,.0f}' for r, _ in ours)})")
     print(f"bridge {median[1] or 'phases: (none logged)'}")
     if other:
-        print(f"other bridge ({args.other_root}): median "
+        print(f"other bridge ({args.other_root} {' '.join(args.other_env)}): median "
               f"{statistics.median(r for r, _ in other):,.0f} jobs/s "
               f"(runs: {', '.join(f'{r:,.0f}' for r, _ in other)})")
+        print(f"other bridge {sorted(other)[len(other) // 2][1] or 'phases: (none logged)'}")
     if not naive:
         return 0
     print(f"naive: {args.naive_jobs} jobs x {args.reps} runs, median "
