@@ -6,14 +6,11 @@ Each bridge runs one consumer of it on a thread of its own, in a consumer group 
     {"command": "cancel", "task_id": "3f6c..."}
     {"command": "cancel", "task_ids": ["a", "b"], "reason": "user left"}
 
-``cancel`` applies :func:`pipeline.scheduler.cancel.cancel` (every state: not dispatched,
-queued, running, final). An id not admitted yet gets a ``cancelled`` row at once (its
-tombstone, kafka columns empty, ``callback_status`` ``none``): when its job message comes,
-admission finds the id taken and the job never runs; the message's fields fill the
-tombstone and its ``cancelled`` callback is owed to the URL it names
-(:mod:`pipeline.state.admission`). The tombstone is written with
-``ON CONFLICT DO NOTHING`` after the cancel; an admission that commits in between is caught
-by cancelling again, so the control message wins whichever arrives first.
+``cancel`` applies :func:`pipeline.scheduler.cancel.cancel_ahead` (every state: not
+dispatched, queued, running, final; ``sonic-pipeline cancel`` applies the same). An id not
+admitted yet gets a ``cancelled`` row at once (its tombstone): when its job message comes,
+the job never runs, and its ``cancelled`` callback is owed to the URL the message names.
+The control message wins whichever arrives first.
 
 Offsets are committed by hand, after the batch's commands are durable in PostgreSQL and its
 bad records acknowledged by the DLQ (at-least-once; a cancel applied twice answers
@@ -36,7 +33,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from bridge.consumer import make_consumer as make_task_consumer
 from bridge.decode import Rejection
@@ -46,7 +43,7 @@ from bridge.services import KAFKA_BOOTSTRAP_TIMEOUT_MS, kafka
 from pipeline.errors import InvalidMessage
 from pipeline.job_ids import is_task_id, strip_bom
 from pipeline.scheduler import metrics
-from pipeline.scheduler.cancel import cancel
+from pipeline.scheduler.cancel import cancel_ahead
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,21 +54,6 @@ COMMANDS = ("cancel",)
 DEFAULT_REASON = "cancelled by request"
 #: Longest reason kept (characters).
 REASON_MAX = 500
-
-_TOMBSTONE = text("""
-WITH new AS (
-    INSERT INTO tasks (task_id, kafka_topic, status, error_code, error_message, finished_at,
-                       callback_status)
-    SELECT t, :topic, 'cancelled', 'task.cancelled', :reason, now(), 'none'
-    FROM unnest(CAST(:ids AS text[])) AS t
-    ON CONFLICT (task_id) DO NOTHING RETURNING task_id
-), events AS (
-    INSERT INTO task_events (task_id, event, detail)
-    SELECT task_id, 'cancelled', jsonb_build_object('reason', CAST(:reason AS text),
-                                                    'before_admission', true)
-    FROM new
-)
-SELECT task_id FROM new""")
 
 
 @dataclass
@@ -142,22 +124,10 @@ def parse(record: ConsumerRecord, max_bytes: int) -> Command | InvalidMessage:
 
 def apply_cancel(db_engine: Engine, topic: str, task_ids: list[str],
                  reason: str) -> dict[str, str]:
-    """Cancel ``task_ids``; an id not admitted yet gets its tombstone (module docstring).
-
-    Returns per id what :func:`~pipeline.scheduler.cancel.cancel` answers, with
-    ``cancelled_before_admission`` for a tombstone. Raises the driver's errors."""
-    out = cancel(db_engine, task_ids, reason)
-    unknown = [t for t, outcome in out.items() if outcome == "unknown"]
-    if unknown:
-        with db_engine.begin() as conn:
-            made = {r.task_id for r in conn.execute(
-                _TOMBSTONE, {"ids": unknown, "topic": topic, "reason": reason})}
-        for task_id in made:
-            out[task_id] = "cancelled_before_admission"
-        raced = [t for t in unknown if t not in made]
-        if raced:  # admitted meanwhile: cancel the row that is there now
-            out.update(cancel(db_engine, raced, reason))
-    return out
+    """Cancel ``task_ids``; an id not admitted yet gets its tombstone in ``topic``
+    (:func:`pipeline.scheduler.cancel.cancel_ahead`, ``cancelled_before_admission``).
+    Raises the driver's errors."""
+    return cancel_ahead(db_engine, topic, task_ids, reason)
 
 
 class Control:

@@ -28,7 +28,7 @@ from pipeline.console.output import (
     table,
 )
 from pipeline.console.services import reaching_kafka, reaching_postgres, reaching_store
-from pipeline.errors import PipelineError
+from pipeline.errors import EXIT_USAGE, PipelineError
 from pipeline.settings import Settings
 
 
@@ -269,14 +269,23 @@ def _short(url: str | None, keep: int = 60) -> str:
 @click.option("--reason", default="cancelled by request", show_default=True)
 @click.pass_obj
 def cancel(settings: Settings, task_ids: tuple[str, ...], reason: str) -> int:
-    """Cancel jobs in any state (final ones are left as they are); prints
-    {task_id: outcome} as JSON. Exit 1 when an id is unknown."""
-    from pipeline.scheduler.cancel import cancel as cancel_jobs
+    """Cancel jobs in any state, as the control topic does (final ones are left as they
+    are; an id not admitted yet is cancelled ahead: its message, when it comes, never
+    runs); prints {task_id: outcome} as JSON. Exit 2 for a malformed id (nothing is
+    cancelled)."""
+    from pipeline.job_ids import is_task_id
+    from pipeline.scheduler.cancel import cancel_ahead
 
+    bad = [t for t in task_ids if not is_task_id(t)]
+    if bad:
+        click.echo(f"{PROG}: task.invalid_id: not a task id: {bad[0][:140]!r} (1 to 128 "
+                   "ASCII letters, digits and ._:-, not starting with '.'); nothing was "
+                   "cancelled", err=True)
+        return EXIT_USAGE
     with database(settings) as engine:
-        outcomes = cancel_jobs(engine, task_ids, reason)
+        outcomes = cancel_ahead(engine, settings.topic_tasks, task_ids, reason)
     print(json.dumps(outcomes, indent=2))
-    return 1 if "unknown" in outcomes.values() else 0
+    return 0
 
 
 @click.command(cls=Command)

@@ -9,6 +9,15 @@ CLI's ``cancel`` verb).
   its next check (its lease and its worker freed), and that worker sends the callback;
 - final already: left unchanged, answered ``already final``; unknown: ``unknown``.
 
+:func:`cancel_ahead` (the control topic and ``sonic-pipeline cancel``) goes one step
+further for an id not admitted yet: it writes a ``cancelled`` row for it at once (its
+tombstone: kafka columns empty, ``callback_status`` ``none``), answered
+``cancelled_before_admission``. When its job message comes, admission finds the id taken
+and the job never runs; the message's fields fill the tombstone and its ``cancelled``
+callback is owed to the URL it names (:mod:`pipeline.state.admission`). The tombstone is
+written with ``ON CONFLICT DO NOTHING`` after the cancel; an admission that commits in
+between is caught by cancelling again, so the cancel wins whichever arrives first.
+
 Cancellation is a row in PostgreSQL: it survives the restart of any process.
 """
 
@@ -32,6 +41,24 @@ FROM unnest(CAST(:ids AS text[])) AS t""")
 
 _KNOWN = text("SELECT task_id, status FROM tasks WHERE task_id = ANY(:ids)")
 
+_TOMBSTONE = text("""
+WITH new AS (
+    INSERT INTO tasks (task_id, kafka_topic, status, error_code, error_message, finished_at,
+                       callback_status)
+    SELECT t, :topic, 'cancelled', 'task.cancelled', :reason, now(), 'none'
+    FROM unnest(CAST(:ids AS text[])) AS t
+    ON CONFLICT (task_id) DO NOTHING RETURNING task_id
+), events AS (
+    INSERT INTO task_events (task_id, event, detail)
+    SELECT task_id, 'cancelled', jsonb_build_object('reason', CAST(:reason AS text),
+                                                    'before_admission', true)
+    FROM new
+)
+SELECT task_id FROM new""")
+
+#: The answer for an id cancelled before its message was admitted (its tombstone).
+BEFORE_ADMISSION = "cancelled_before_admission"
+
 
 def cancel(db_engine: Engine, task_ids: Sequence[str],
            reason: str = "cancelled by request") -> dict[str, str]:
@@ -53,4 +80,23 @@ def cancel(db_engine: Engine, task_ids: Sequence[str],
             out[task_id] = f"already final: {known[task_id]}"
         else:
             out[task_id] = "unknown"
+    return out
+
+
+def cancel_ahead(db_engine: Engine, topic: str, task_ids: Sequence[str],
+                 reason: str = "cancelled by request") -> dict[str, str]:
+    """:func:`cancel`, and a tombstone in ``topic`` for each id not admitted yet (module
+    docstring), answered ``cancelled_before_admission``. The ids must be valid task ids
+    (:func:`pipeline.job_ids.is_task_id`): the caller checks. Raises the driver's errors."""
+    out = cancel(db_engine, task_ids, reason)
+    unknown = [t for t, outcome in out.items() if outcome == "unknown"]
+    if unknown:
+        with db_engine.begin() as conn:
+            made = {r.task_id for r in conn.execute(
+                _TOMBSTONE, {"ids": unknown, "topic": topic, "reason": reason})}
+        for task_id in made:
+            out[task_id] = BEFORE_ADMISSION
+        raced = [t for t in unknown if t not in made]
+        if raced:  # admitted meanwhile: cancel the row that is there now
+            out.update(cancel(db_engine, raced, reason))
     return out
