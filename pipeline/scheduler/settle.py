@@ -4,7 +4,8 @@
     cycles         a job whose dependencies lead back to itself: rejected, dependency.cycle
     failed deps    a dependency already failed, cancelled, expired or rejected:
                    failed at once, dependency.failed naming it
-    waiting        not the head of its ordering key, or a dependency not completed yet
+    waiting        not the head of its ordering key in its topic, or a dependency not
+                   completed yet
 
 Jobs that pass all four stay ``received`` (runnable). The statements take a psycopg2
 cursor (the admission's); ``ids`` are the task ids this batch inserted.
@@ -53,7 +54,7 @@ _WAITING = """
 UPDATE tasks SET status = 'waiting', updated_at = now()
 WHERE task_id = ANY(%(ids)s) AND status = 'received'
   AND (ordering_key IS NOT NULL OR cardinality(depends_on) > 0)
-  AND NOT (sonic_deps_ready(task_id) AND sonic_key_head(ordering_key, seq))
+  AND NOT (sonic_deps_ready(task_id) AND sonic_key_head(kafka_topic, ordering_key, seq))
 RETURNING task_id"""
 
 

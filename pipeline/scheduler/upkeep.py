@@ -42,7 +42,7 @@ ORDER BY received_at LIMIT :limit""")
 _RELEASE = text("""
 UPDATE tasks SET status = 'received', updated_at = now()
 WHERE task_id = ANY(:ids) AND status = 'waiting'
-  AND sonic_deps_ready(task_id) AND sonic_key_head(ordering_key, seq)
+  AND sonic_deps_ready(task_id) AND sonic_key_head(kafka_topic, ordering_key, seq)
 RETURNING task_id""")
 
 _FAILED = text("""

@@ -68,7 +68,7 @@ SELECT count(pg_advisory_xact_lock({KEY_LOCK_SPACE}, b)) FROM (
 _INSERT_TASKS = f"""
 WITH staged AS (
     -- nth: the job's place among this batch's jobs of the same ordering key.
-    SELECT s.*, row_number() OVER (PARTITION BY s.ordering_key
+    SELECT s.*, row_number() OVER (PARTITION BY s.kafka_topic, s.ordering_key
                                    ORDER BY s.kafka_partition, s.kafka_offset) AS nth
     FROM admission_rows s
 ), new AS (
@@ -82,6 +82,7 @@ WITH staged AS (
 -- May wait for its key: an earlier job of the batch, or one not final already.
 SELECT new.task_id, staged.ordering_key IS NOT NULL AND (staged.nth > 1 OR EXISTS (
            SELECT 1 FROM tasks o WHERE o.ordering_key = staged.ordering_key
+             AND o.kafka_topic IS NOT DISTINCT FROM staged.kafka_topic  -- per topic
              AND o.status NOT IN {_FINAL}))
 FROM new JOIN staged ON staged.task_id = new.task_id"""
 
@@ -91,6 +92,7 @@ _HOLD = f"""
 UPDATE tasks t SET status = 'waiting', updated_at = now()
 WHERE t.task_id = ANY(%(ids)s) AND t.status = 'received' AND EXISTS (
     SELECT 1 FROM tasks o WHERE o.ordering_key = t.ordering_key AND o.seq < t.seq
+      AND o.kafka_topic IS NOT DISTINCT FROM t.kafka_topic
       AND o.status NOT IN {_FINAL})
 RETURNING t.task_id"""
 
