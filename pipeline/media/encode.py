@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import EncodeError
+from pipeline.errors import DiskFull, EncodeError
 from pipeline.media import handoff
 from pipeline.media.audio import delivery_format
-from pipeline.media.ffmpeg import (DEFAULT, FFmpeg, duration_s, failure, popen_ffmpeg, probe,
-                                   run_ffmpeg, stream)
+from pipeline.media.ffmpeg import (DEFAULT, FFmpeg, duration_s, failure, out_of_space,
+                                   popen_ffmpeg, probe, run_ffmpeg, stream)
 from pipeline.media.frames import FPS, SAMPLE_RATE
 
 #: A raw frames file or batches of frames shaped (H, W, 3) or (N, H, W, 3), RGB uint8.
@@ -134,7 +134,7 @@ def encode_video(
                 *_output_args(fps, crf, seconds, sound, partial)]
         try:
             run_ffmpeg(args, ff=ff)
-        except EncodeError:
+        except (EncodeError, DiskFull):
             partial.unlink(missing_ok=True)
             raise
     else:
@@ -153,10 +153,11 @@ def encode_video(
                 partial.unlink(missing_ok=True)
                 raise
             code = proc.wait()
-            if code != 0:
-                err.seek(0)
+            err.seek(0)
+            said = err.read()
+            if code != 0 or out_of_space(said):
                 partial.unlink(missing_ok=True)
-                raise failure(EncodeError, "encode.failed", "ffmpeg encode", code, err.read())
+                raise failure(EncodeError, "encode.failed", "ffmpeg encode", code, said)
     os.replace(partial, out)
     return EncodeInfo(out, target, duration_s(probe(out, ff=ff)) or 0.0, out.stat().st_size,
                       time.monotonic() - started)
@@ -166,8 +167,12 @@ def remux_faststart(src: str | Path, out_mp4: str | Path, *, ff: FFmpeg = DEFAUL
     """Copy an MP4 made elsewhere (the Sonic engine) with its index moved to the front."""
     out = Path(out_mp4)
     partial = out.with_name(out.name + ".partial.mp4")
-    run_ffmpeg(["-i", src, "-map", "0", "-c", "copy", "-movflags", "+faststart",
-                "-f", "mp4", "-y", partial], ff=ff)
+    try:
+        run_ffmpeg(["-i", src, "-map", "0", "-c", "copy", "-movflags", "+faststart",
+                    "-f", "mp4", "-y", partial], ff=ff)
+    except (EncodeError, DiskFull):
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, out)
     return out
 
@@ -187,7 +192,7 @@ def replace_audio(src: str | Path, audio: str | Path, out_mp4: str | Path, *,
         run_ffmpeg(["-i", src, "-i", audio, "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy",
                     *sound, *_cut(seconds), "-movflags", "+faststart",
                     "-f", "mp4", "-y", partial], ff=ff)
-    except EncodeError:
+    except (EncodeError, DiskFull):
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, out)

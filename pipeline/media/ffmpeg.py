@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.errors import ConfigError, EncodeError, InputError, PipelineError
+from pipeline.errors import ConfigError, DiskFull, EncodeError, InputError, PipelineError
 
 #: Characters of stderr kept in a raised error (the end, where ffmpeg says what failed).
 STDERR_TAIL_CHARS = 2000
@@ -32,6 +32,8 @@ AUDIO_DEMUXERS: tuple[str, ...] = (
 )
 #: What ffmpeg says when the demuxer or protocol of an input is not allow-listed.
 _NOT_ALLOWED = "not on whitelist"
+#: What ffmpeg and ffprobe print (strerror of ENOSPC / EDQUOT) when a disk is full.
+_DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,30 @@ def stderr_tail(data: bytes | str, limit: int = STDERR_TAIL_CHARS) -> str:
 def failure(
     error: type[PipelineError], code: str, what: str, returncode: int, stderr: bytes | str
 ) -> PipelineError:
-    """The error for a failed run: code, a message with the exit code and last line."""
+    """The error for a failed run: code, a message with the exit code and last line.
+
+    A run that failed because its output's disk is full says so in its stderr: that is
+    :class:`DiskFull` (``resource.disk_full``, retried), whatever ``error`` the caller
+    names, never a broken input or a failed encode."""
     tail = stderr_tail(stderr)
     last = tail.splitlines()[-1] if tail else "no output"
+    if out_of_space(tail):
+        return DiskFull(f"{what} failed (exit code {returncode}): no space left on the "
+                        f"device: {last}", exit_code=returncode, stderr_tail=tail)
     return error(
         f"{what} failed (exit code {returncode}): {last}",
         code=code,
         exit_code=returncode,
         stderr_tail=tail,
     )
+
+
+def out_of_space(stderr: bytes | str) -> bool:
+    """Whether ffmpeg's stderr says a disk was full. ffmpeg may still exit 0 then (a
+    failed trailer write or close is only logged), leaving a truncated or empty output:
+    a run that says so has failed, whatever its exit code."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    return any(sign in text for sign in _DISK_FULL)
 
 
 def demuxer_allowed(format_name: str, allowed: Sequence[str]) -> bool:
@@ -131,7 +148,7 @@ def run_ffmpeg(
     except subprocess.TimeoutExpired as exc:
         raise error(f"ffmpeg ran longer than {timeout} s", code=code,
                     exit_code=None, stderr_tail=stderr_tail(exc.stderr or b"")) from None
-    if proc.returncode != 0:
+    if proc.returncode != 0 or out_of_space(proc.stderr):
         raise _refused("an input", proc.stderr) or failure(error, code, "ffmpeg",
                                                            proc.returncode, proc.stderr)
     return proc.stdout

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import EncodeError
-from pipeline.media.ffmpeg import DEFAULT, PROTOCOLS, FFmpeg, failure, popen_ffmpeg
+from pipeline.media.ffmpeg import (DEFAULT, PROTOCOLS, FFmpeg, failure, out_of_space,
+                                   popen_ffmpeg)
 
 #: Hand-off formats and the file each writes in the render dir.
 FILES: dict[str, str] = {"h264": "frames.mkv", "raw": "frames.rgb"}
@@ -143,7 +144,9 @@ class FrameWriter:
             assert self._proc is not None and self._thread is not None
             self._queue.put(None)
             self._thread.join()
-            if self._proc.wait() != 0:
+            code = self._proc.wait()
+            self._stderr.seek(0)
+            if code != 0 or out_of_space(self._stderr.read()):
                 self._fail()
         os.replace(self._partial, self.path)
         return self.path
