@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = 10_000
     #: Static group membership id (KIP-345), e.g. the pod name; unset: dynamic.
     kafka_group_instance_id: str | None = None
+    #: The longest wait between two tries to reach a broker (kafka-python's own default,
+    #: 30 s, left clients idle for up to 30 s after a restarted broker was back).
+    kafka_reconnect_backoff_max_ms: int = Field(1000, ge=50)
 
     # --- stages: leases, heartbeats, reconciler ---------------------------------------
     #: A stage's lease expires this long after its last heartbeat.
@@ -370,10 +373,11 @@ class Settings(BaseSettings):
         return out
 
     def kafka_client_config(self) -> dict[str, object]:
-        """Security options shared by every kafka-python client we create."""
+        """Connection and security options shared by every kafka-python client we create."""
         config: dict[str, object] = {
             "bootstrap_servers": self.kafka_bootstrap.split(","),
             "security_protocol": self.kafka_security_protocol,
+            "reconnect_backoff_max_ms": self.kafka_reconnect_backoff_max_ms,
         }
         if self.kafka_sasl_mechanism:
             config["sasl_mechanism"] = self.kafka_sasl_mechanism
