@@ -79,6 +79,10 @@ WHERE task_id = :task_id
        OR stage IS NULL)
   AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :owner)
   AND (status NOT IN ({_FINAL}) OR :stage = 'callback')
+  -- A settled callback is done: a later copy (redelivered after its worker was killed
+  -- before the ack, re-sent by the reconciler) is skipped, not run and recorded again.
+  AND NOT (:stage = 'callback'
+           AND coalesce(callback_status IN ('delivered', 'failed', 'none'), false))
   -- A job past its deadline never starts (the dispatcher expires it); one under way goes on.
   AND NOT (:stage = 'preprocess' AND started_at IS NULL AND coalesce(deadline < now(), false))
 RETURNING *

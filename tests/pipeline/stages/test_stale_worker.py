@@ -90,3 +90,26 @@ def test_a_stale_callback_retry_keeps_the_delivered_state(
     row = task_row(db_engine, task_id)
     assert (row["callback_status"], row["callback_attempts"], row["lease_owner"]) == (
         "delivered", 1, TAKER)
+
+
+@pytest.mark.parametrize("settled", ["delivered", "failed", "none"])
+def test_a_callback_copy_after_the_callback_settled_is_skipped(
+        fast: Settings, db_engine: Engine, task_id: str, settled: str) -> None:
+    """A copy of the callback stage that comes after it settled (the message of a worker
+    killed before its ack, redelivered; a reconciler's re-send) neither runs it nor
+    records a second success."""
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET stage = 'callback', status = 'completed', "
+                          "started_at = now(), finished_at = now(), callback_status = :s, "
+                          "callback_url = 'http://127.0.0.1:9/hook' WHERE task_id = :t"),
+                     {"s": settled, "t": task_id})
+    runs = []
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        runs.append(1)
+        return {}
+
+    result = run_stage(fast, db_engine, task_id, "callback", stage)
+    assert result.outcome is StageOutcome.SKIP and runs == []
+    assert task_events(db_engine, task_id) == ["skipped"]
+    assert task_row(db_engine, task_id)["callback_status"] == settled
