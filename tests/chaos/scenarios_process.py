@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+from sqlalchemy import text
+
 from tests.chaos.harness import LEASE_TTL_S, POOL_NAMES
 from tests.chaos.scenario import Run, Scenario
 
@@ -93,10 +95,10 @@ def kill_bridge_dispatch(run: Run) -> None:
     stack.wait_until(lambda: stack.counts(ids)["absent"] == 0, 60, "every job admitted")
     kills = max(2, run.jobs // 4)
     in_backlog = []
-    for _ in range(kills):
+    for kill in range(kills):
         if run.settled():
             break
-        run.sleep(0.1, 1.2)
+        run.sleep(0.0, 0.4) if kill == 0 else run.sleep(0.1, 1.2)
         counts = stack.counts(ids)
         in_backlog.append(counts.get("received", 0) + counts.get("waiting", 0))
         stack.kill("bridge")
@@ -147,6 +149,10 @@ def frozen_worker(run: Run) -> None:
         for twin in twins:
             stack.stop_process(twin)
     run.notes["frozen"] = frozen
+    with stack.db.connect() as conn:  # outcomes of resumed copies, discarded
+        run.notes["lease_lost_events"] = conn.execute(text(
+            "SELECT count(*) FROM task_events WHERE task_id = ANY(:ids) "
+            "AND event = 'lease_lost'"), {"ids": run.ids}).scalar()
 
 
 SCENARIOS = [

@@ -34,5 +34,5 @@ def test_process_fault_loses_and_duplicates_nothing(process_stack: ChaosStack,
     print(f"\n{outcome.describe()}\nrecovered in {outcome.recover_s} s, "
           f"wall {outcome.wall_s:.1f} s")
     assert outcome.passed, outcome.describe()
-    assert outcome.audit.completed == outcome.jobs == scenario.ci_jobs
+    assert outcome.audit.final == outcome.jobs == scenario.ci_jobs
     assert outcome.faults > 0, "no fault was injected"
