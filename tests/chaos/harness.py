@@ -232,7 +232,15 @@ class ChaosStack:
     # --- life cycle ------------------------------------------------------------------------
     def start(self, processes: Iterable[str] = ("bridge", *POOL_NAMES)) -> ChaosStack:
         """Services in parallel, then media, bucket and topics, then the processes (in
-        parallel, each waited for until it serves). Returns self."""
+        parallel, each waited for until it serves). Returns self; when a step fails,
+        stops what it started and raises."""
+        try:
+            return self._start(processes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, processes: Iterable[str]) -> ChaosStack:
         started = time.monotonic()
         postgres, redis_svc = Postgres(self.settings), Redis(self.settings)
         self.services = {
@@ -312,11 +320,14 @@ class ChaosStack:
                 except ProcessLookupError:
                     pass
                 proc.popen.wait()
-        self.receiver.stop()
+        if self.receiver._thread.is_alive():  # shutdown() waits for a loop that runs
+            self.receiver.stop()
         if self._db_engine is not None:
             self._db_engine.dispose()
         for handle in self.services.values():
             handle.stop(kill=handle.name != "postgres")
+        if self.kafka.proc is not None and self.kafka.proc.poll() is None:
+            self.kafka.kill()  # started, but failed before its handle knew it
         try:
             self._drop_bucket()
         except Exception:  # noqa: BLE001 - best effort: MinIO may be down (a scenario)
