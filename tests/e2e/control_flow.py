@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
 BLOCKER_CONFIG = {"min_resolution": 512, "inference_steps": 25, "seed": 3}
 #: A job as small as the builtin engine renders.
 SMALL_CONFIG = {"min_resolution": 64, "inference_steps": 1, "seed": 1}
+#: Stages that do work (the callback stage runs for a cancelled or expired job too).
+WORK_STAGES = ("preprocess", "gpu", "encode", "upload")
 
 
 @dataclass
@@ -201,3 +203,13 @@ def make_flow(stack: Stack, logs: Path, **settings: Any) -> Flow:
               "metrics_scan_s": 0.5, **settings}
     env = {f"SONIC_{k.upper()}": str(v) for k, v in values.items()}
     return Flow(stack, topic, control, env, logs, port)
+
+
+def module_flow(stack: Stack, logs: Path, **settings: Any) -> Iterator[Flow]:
+    """A module fixture's body: :func:`make_flow`, its bridge started; closed after."""
+    made = make_flow(stack, logs, **settings)
+    try:
+        made.start_bridge()
+        yield made
+    finally:
+        made.close()

@@ -19,23 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.e2e.control_flow import BLOCKER_CONFIG, Flow, make_flow
+from tests.e2e.control_flow import BLOCKER_CONFIG, WORK_STAGES, Flow, module_flow
 from tests.pipeline.media.helpers import speak
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: Stages that do work (the callback stage runs for a cancelled job too).
-WORK_STAGES = ("preprocess", "gpu", "encode", "upload")
-
-
 @pytest.fixture(scope="module")
 def flow(e2e: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
-    made = make_flow(e2e, tmp_path_factory.mktemp("cancel"))
-    try:
-        made.start_bridge()
-        yield made
-    finally:
-        made.close()
+    yield from module_flow(e2e, tmp_path_factory.mktemp("cancel"))
 
 
 @pytest.fixture(scope="module")

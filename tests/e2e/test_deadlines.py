@@ -15,23 +15,15 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import Stack
-from tests.e2e.control_flow import BLOCKER_CONFIG, Flow, make_flow
+from tests.e2e.control_flow import BLOCKER_CONFIG, WORK_STAGES, Flow, module_flow
 from tests.pipeline.media.helpers import speak
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-WORK_STAGES = ("preprocess", "gpu", "encode", "upload")
-
-
 @pytest.fixture(scope="module")
 def flow(e2e: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]:
     # A window of one: while the blocker renders, nothing else is dispatched.
-    made = make_flow(e2e, tmp_path_factory.mktemp("deadlines"), dispatch_lead=1)
-    try:
-        made.start_bridge()
-        yield made
-    finally:
-        made.close()
+    yield from module_flow(e2e, tmp_path_factory.mktemp("deadlines"), dispatch_lead=1)
 
 
 @pytest.fixture(scope="module")
