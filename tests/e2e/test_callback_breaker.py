@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import Engine, text
 
@@ -24,14 +23,12 @@ from pipeline.chains import make_app
 from pipeline.commands import worker_argv
 from pipeline.settings import Settings, load
 from pipeline.webhooks.flow import build
-from tests.e2e.conftest import _env
+from tests.support import pools
 from tests.support.receiver import CallbackReceiver, Received, Reply
 from tests.support.trickle import TrickleServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: Redis database of this module's worker (broker and flow-control keys; flushed).
-BREAKER_REDIS_DB = 5
 SECRET = "whsec_" + "YnJlYWtlci1lMmUtdGVzdC1zZWNyZXQ="
 FAILURES = 3
 #: Longer than the test: the dead receiver's breaker stays open throughout.
@@ -91,34 +88,29 @@ class IoPool:
 @pytest.fixture(scope="module")
 def io_pool(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[IoPool]:
-    root = tmp_path_factory.mktemp("breaker")
+    with pools.lease("test_callback_breaker", stack) as lease:
+        yield from _io_pool(db_engine, tmp_path_factory.mktemp("breaker"), lease)
+
+
+def _io_pool(db_engine: Engine, root: Path, lease: pools.Lease) -> Iterator[IoPool]:
+    """A Redis database of its own (broker and flow-control keys) and metrics ports."""
     overrides: dict[str, Any] = {
-        "redis_db": BREAKER_REDIS_DB, "state_dir": root / "state",
+        "redis_db": lease.redis_db, "state_dir": root / "state",
         "allow_private_networks": True, "webhook_secret": SECRET,
         "webhook_timeout_s": ATTEMPT_S, "webhook_breaker_failures": FAILURES,
         "webhook_breaker_open_s": OPEN_S, "webhook_rate": "1000/second",
         "worker_concurrency": CONCURRENCY, "heartbeat_interval_s": 1, "lease_ttl_s": 6,
-        "metrics_port": 29400,
+        "metrics_port": lease.metrics_port,
     }
     (root / "state").mkdir()
     settings = load(**overrides)
-    redis.Redis(host=stack.redis_host, port=stack.redis_port, db=BREAKER_REDIS_DB).flushdb()
-    log = open(root / "worker-io.log", "ab")
-    worker = subprocess.Popen(worker_argv("io", settings), env=_env(overrides), stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = pools.spawn(worker_argv("io", settings), pools.env_of(overrides),
+                         root / "worker-io.log")
     pool = IoPool(settings, make_app(settings), db_engine, worker)
     try:
         yield pool
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-        log.close()
-        redis.Redis(host=stack.redis_host, port=stack.redis_port,
-                    db=BREAKER_REDIS_DB).flushdb()
+        pools.stop([worker], timeout_s=30)
 
 
 def _latency(pool: IoPool, receiver: Stamped, task_id: str, timeout: float = 60) -> float:

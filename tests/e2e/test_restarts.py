@@ -25,6 +25,7 @@ from pipeline.epoch import RedisEpoch
 from pipeline.reconcile import sweep
 from tests.e2e.conftest import Stack
 from tests.e2e.test_recovery import _objects
+from tests.support import pools
 from tests.support.server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,16 +37,16 @@ JOBS = 6
 class PrivateStack:
     """A Redis, the three pools under one supervisor, and a reconciler thread."""
 
-    def __init__(self, e2e: Stack, root: Any) -> None:
+    def __init__(self, e2e: Stack, root: Any, metrics_port: int) -> None:
         port = free_port()
         state = root / "state"
         state.mkdir(parents=True)
         self.settings = e2e.settings.model_copy(update={
             "redis_port": port, "redis_db": 0, "state_dir": state, "work_dir": state / "work",
-            "metrics_port": 29200})
+            "metrics_port": metrics_port})
         self.redis = Redis(self.settings)
         self.env = dict(e2e.env, SONIC_REDIS_PORT=str(port), SONIC_REDIS_DB="0",
-                        SONIC_STATE_DIR=str(state), SONIC_METRICS_PORT="29200")
+                        SONIC_STATE_DIR=str(state), SONIC_METRICS_PORT=str(metrics_port))
         self.stack = replace(e2e, settings=self.settings, env=self.env,
                              app=make_app(self.settings), topic=f"restart-{os.getpid()}",
                              workers={})
@@ -103,12 +104,13 @@ class PrivateStack:
 
 @pytest.fixture
 def private(e2e: Stack, tmp_path: Any) -> Iterator[PrivateStack]:
-    private = PrivateStack(e2e, tmp_path)
-    private.start()
+    private = PrivateStack(e2e, tmp_path, pools.take_metrics_ports("test_restarts"))
     try:
+        private.start()
         yield private
     finally:
         private.stop()
+        pools.release("test_restarts")
 
 
 def wait_spread(stack: Stack, ids: list[str], timeout: float = 120) -> str:

@@ -25,13 +25,20 @@ from pipeline.status.events import SCHEMA_VERSION
 from pipeline.status.relay import Relay
 from pipeline.status.sink import KafkaSink, producer_factory
 from tests.e2e.conftest import Stack
+from tests.support import pools
 from tests.support.kafka_broker import PrivateKafka
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-STATUS_REDIS_DB = 14
 KEYS = {"schema_version", "id", "seq", "task_id", "event", "status", "stage", "progress",
         "attempt", "at", "error", "timings", "video_url", "tenant", "detail"}
+
+
+@pytest.fixture
+def status_db(stack: Settings) -> Iterator[int]:
+    """A Redis database of its own for the status cache (no pool consumes from it)."""
+    with pools.lease("test_status_events", stack) as lease:
+        yield lease.redis_db
 
 
 @pytest.fixture
@@ -91,14 +98,14 @@ def _wait(what: str, check: Any, timeout: float) -> None:
 
 
 def test_kafka_stopped_mid_run_stages_complete_and_every_event_arrives_in_order(
-        stack_e2e: Stack, private_kafka: PrivateKafka, unique: str) -> None:
+        stack_e2e: Stack, private_kafka: PrivateKafka, status_db: int, unique: str) -> None:
     stack = stack_e2e
     settings = private_kafka.settings
     sink = KafkaSink(producer_factory(settings, bootstrap_ms=2000, request_ms=2000,
                                       delivery_ms=4000, block_ms=2000),
                      settings.topic_status, flush_timeout_s=6)
     client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                         db=STATUS_REDIS_DB)
+                         db=status_db)
     relay = Relay(stack.db_engine, stack.topic, sink.publish, StatusCache(client, 600),
                   idle_s=0.1, backoff_max_s=2.0, prune_s=3600)
     stop = threading.Event()

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import requests
 import yaml
 from kafka import KafkaAdminClient, KafkaProducer
@@ -33,6 +29,7 @@ from pipeline.celery_config import POOLS
 from pipeline.commands import worker_argv
 from pipeline.settings import Settings, load
 from tests.pipeline.media.helpers import PORTRAIT, speak
+from tests.support import pools
 from tests.support.receiver import CallbackReceiver, Reply
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,10 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "ops" / "grafana").glob("*.json"))
 RULES = ROOT / "ops" / "prometheus" / "alerts.yml"
 SECRET = "whsec_" + "c2NyYXBlLXRlc3Qtc2VjcmV0LWZvci1zaWduaW5n"
-#: A Redis database of its own (the bridge tests take 8-13 and 15, the e2e workers 11, the
-#: scheduler tests' session-long pools 14: pools there would take this run's jobs).
-REDIS_DB = 1
-
 #: The sample names of a metric family, by its type.
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
             "summary": ("_count", "_sum", "")}
@@ -130,46 +123,18 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports below the ephemeral range."""
-    for base in range(29400, 29800, count):
-        socks = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise AssertionError("no free ports for the metrics endpoints")
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def run(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Run]:
     """Bridge and pools on a topic of their own; a job that renders, the same job again,
-    one that fails (no face) and one that is not JSON; the first callback answered 503."""
-    root = tmp_path_factory.mktemp("scrape")
+    one that fails (no face) and one that is not JSON; the first callback answered 503.
+    A Redis database and metrics ports of its own (tests/support/pools.py)."""
+    with pools.lease("test_metrics_scrape", stack) as lease:
+        yield from _run(stack, db_engine, tmp_path_factory.mktemp("scrape"), lease)
+
+
+def _run(stack: Settings, db_engine: Engine, root: Path, lease: pools.Lease
+         ) -> Iterator[Run]:
     inputs = root / "inputs"
     inputs.mkdir()
     face = inputs / "face.jpg"
@@ -177,10 +142,10 @@ def run(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFac
     speech = speak(inputs / "speech.wav", "Hello there.")
     Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(inputs / "wall.png")
     topic = f"scrape-{os.getpid()}-{int(time.time())}"
-    base = _free_ports(4)
+    base = lease.metrics_port
     overrides = {
         "topic_tasks": topic, "topic_dlq": f"{topic}-dlq", "consumer_group": f"{topic}-g",
-        "redis_db": REDIS_DB, "state_dir": root / "state", "input_roots": [inputs],
+        "redis_db": lease.redis_db, "state_dir": root / "state", "input_roots": [inputs],
         "storage_backend": "local", "storage_dir": root / "objects",
         "allow_private_networks": True, "webhook_secret": SECRET,
         "webhook_breaker_failures": 1, "webhook_breaker_open_s": 4,
@@ -189,25 +154,17 @@ def run(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFac
     }
     (root / "state").mkdir()
     settings = load(**overrides)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
-    env.update({f"SONIC_{k.upper()}": _env_value(v) for k, v in overrides.items()})
+    env = pools.env_of(overrides)
     admin = KafkaAdminClient(**stack.kafka_client_config())
     admin.create_topics([NewTopic(topic, 2, 1), NewTopic(f"{topic}-dlq", 1, 1)])
-    broker = redis.Redis(host=stack.redis_host, port=stack.redis_port, db=REDIS_DB)
-    broker.flushdb()
     receiver = CallbackReceiver(SECRET, script=[Reply(503, headers={"Retry-After": "1"})])
     receiver.start()
     procs = []
     try:
         for pool in POOLS:
-            log = open(root / f"worker-{pool}.log", "wb")
-            procs.append(subprocess.Popen(worker_argv(pool, settings), cwd=ROOT, env=env,
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
-        log = open(root / "bridge.log", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "bridge"], cwd=ROOT, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+            procs.append(pools.spawn(worker_argv(pool, settings), env,
+                                     root / f"worker-{pool}.log"))
+        procs.append(pools.spawn([sys.executable, "-m", "bridge"], env, root / "bridge.log"))
         job = {"image_url": str(face), "audio_url": str(speech),
                "config": {"min_resolution": 128, "inference_steps": 2, "seed": 3},
                "callback_url": receiver.url("/hook")}
@@ -223,13 +180,11 @@ def run(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFac
         producer.close()
         yield Run(settings, db_engine, receiver, base, topic)
     finally:
-        for proc in procs:
-            _stop(proc)
+        pools.stop(procs, timeout_s=30)
         receiver.stop()
         with db_engine.begin() as conn:
             conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
             conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
-        broker.flushdb()
         admin.delete_topics([topic, f"{topic}-dlq"])
         admin.close()
 
