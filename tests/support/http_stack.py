@@ -120,8 +120,17 @@ _cleanup: list[Callable[[], None]] = []
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    users = [item.nodeid for item in items if "http_stack" in getattr(item, "fixturenames", ())]
-    _last_user[:] = users[-1:]
+    """The tests that use the stack run one after the other, where the last of them was
+    (tests/browser's next to tests/http's), so it lives only while they run."""
+    users = [item for item in items if "http_stack" in getattr(item, "fixturenames", ())]
+    if not users:
+        return
+    ids = {id(item) for item in users}
+    last = items.index(users[-1])
+    before = [item for item in items[:last] if id(item) not in ids]
+    after = [item for item in items[last + 1:] if id(item) not in ids]
+    items[:] = [*before, *users, *after]
+    _last_user[:] = [users[-1].nodeid]
 
 
 @pytest.hookimpl(hookwrapper=True)
