@@ -6,7 +6,6 @@ Decoding (size checked from the header, orientation, transparency) is
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.atomic import atomic_write
 from pipeline.errors import ImageError
 from pipeline.media.frames import output_size
 from pipeline.media.imagefile import DEFAULT_MAX_PIXELS, decode_image
@@ -119,9 +119,12 @@ def prepare_image(
                round((face[2] - cx1) * sx), round((face[3] - cy1) * sy))
     path = Path(dst_png) if dst_png is not None else None
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial.png")
-        if not cv2.imwrite(str(partial), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write {partial}")
-        os.replace(partial, path)
+        # Encoded in memory, written by Python: a full disk raises OSError(ENOSPC)
+        # (resource.disk_full, retried) and leaves no partial file, where cv2.imwrite only
+        # answers False.
+        done, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        if not done:
+            raise ImageError(f"cannot encode the crop of {Path(src).name} as PNG",
+                             code="image.undecodable")
+        atomic_write(path, lambda out: out.write(png.tobytes()))
     return FaceCrop(image, face, box, in_crop, (width, height), path)

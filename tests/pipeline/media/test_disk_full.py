@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.errors import AudioError, DiskFull, EncodeError, PipelineError
 from pipeline.faults import classify
@@ -18,6 +19,8 @@ from pipeline.media.audio import prepare_audio
 from pipeline.media.encode import encode_video, remux_faststart
 from pipeline.media.ffmpeg import run_ffmpeg
 from pipeline.media.handoff import FrameWriter
+from pipeline.media.image import prepare_image
+from tests.pipeline.media.helpers import PORTRAIT
 
 
 @pytest.fixture
@@ -123,3 +126,17 @@ def test_frames_handed_off_onto_a_full_disk_are_disk_full(fmt: str, full_disk: P
     writer.abort()
     assert caught.value.errno == errno.ENOSPC
     _assert_disk_full(classify(caught.value), full_disk)
+
+
+def test_the_face_crop_written_onto_a_full_disk_is_disk_full(full_disk: Path) -> None:
+    with pytest.raises(OSError) as caught:
+        prepare_image(PORTRAIT, full_disk / "face.png", min_resolution=256)
+    assert caught.value.errno == errno.ENOSPC
+    _assert_disk_full(classify(caught.value), full_disk)
+
+
+def test_the_face_crop_with_room_is_written_whole(tmp_path: Path) -> None:
+    crop = prepare_image(PORTRAIT, tmp_path / "face.png", min_resolution=256)
+    assert crop.path == tmp_path / "face.png"
+    assert Image.open(crop.path).size == (crop.image.shape[1], crop.image.shape[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.png"]
