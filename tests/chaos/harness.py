@@ -23,6 +23,11 @@ Jobs use the ``bench`` engine (``SONIC_BENCH_ENGINE``): the gpu stage holds for
 the real stages on a 64 px portrait and a second of speech. Every fault a scenario injects
 is drawn from ``stack.rng`` (seeded) and logged in ``stack.faults`` with its time.
 
+Like systemd's ``Restart=on-failure`` (``ops/systemd``) or Kubernetes, the harness
+restarts a process that exits with a failure nobody asked for, after ``RESTART_S``
+(``proc.deaths`` keeps each such exit, ``proc.starts`` counts the starts); a process the
+harness killed or stopped stays down until a scenario starts it again.
+
 Timings are short so faults resolve in seconds: leases of ``LEASE_TTL_S`` with a beat a
 second, a reconciler sweep a second, a stalled job re-sent after ``STALLED_AFTER_S``.
 """
@@ -64,6 +69,9 @@ SECRET = "whsec_" + "Y2hhb3MtdGVzdC1zZWNyZXQtZm9yLXNpZ25pbmc="
 POOL_NAMES = ("gpu", "cpu", "io")
 SERVICES = ("postgres", "redis", "kafka")
 LEASE_TTL_S = 4
+#: Seconds before the supervisor restarts a process that died by itself (systemd's
+#: RestartSec, shortened).
+RESTART_S = 1.0
 STALLED_AFTER_S = 8
 #: The shared MinIO of the local stack (the only shared service a scenario touches).
 SHARED = load()
@@ -121,6 +129,10 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
     frozen: bool = False
     starts: int = 0
+    #: Down on purpose (killed or stopped by the harness): the supervisor leaves it.
+    down: bool = False
+    #: Exits nobody asked for, as ``(monotonic time, exit code)``.
+    deaths: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -227,7 +239,9 @@ class ChaosStack:
         self._db_engine: Engine | None = None
         self.speech = self.inputs / "speech.wav"
         self.face = self.inputs / "face.jpg"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # --- life cycle ------------------------------------------------------------------------
     def start(self, processes: Iterable[str] = ("bridge", *POOL_NAMES)) -> ChaosStack:
@@ -272,6 +286,9 @@ class ChaosStack:
             self.start_process("bridge", wait=False)
         for name in processes:
             self.wait_serving(name, marks[name])
+        self._supervisor = threading.Thread(target=self._supervise, name="chaos-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
         self.started_s = time.monotonic() - started
         return self
 
@@ -311,6 +328,9 @@ class ChaosStack:
 
     def close(self) -> None:
         """Stop every process and service we started; drop the bucket's objects."""
+        self._supervising.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=10)
         for proc in self.procs.values():
             if proc.alive:
                 assert proc.popen is not None
@@ -344,6 +364,28 @@ class ChaosStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _supervise(self) -> None:
+        """Restart a process that exited with a failure it was not told to (see the
+        module docstring)."""
+        seen: dict[str, float] = {}
+        while not self._supervising.wait(0.25):
+            for name, proc in list(self.procs.items()):
+                with self._lock:
+                    if proc.down or proc.popen is None or proc.popen.poll() in (None, 0):
+                        seen.pop(name, None)
+                        continue
+                    died = seen.setdefault(name, time.monotonic())
+                    if time.monotonic() - died < RESTART_S:
+                        continue
+                    proc.deaths.append((died, int(proc.popen.returncode)))
+                    seen.pop(name, None)
+                    self.start_process(name, wait=False)
+
+    def deaths(self, since: float = 0.0) -> list[str]:
+        """``name (exit N)`` for each exit nobody asked for since ``since``."""
+        return [f"{name} (exit {code})" for name, proc in self.procs.items()
+                for at, code in proc.deaths if at >= since]
 
     # --- faults log -------------------------------------------------------------------------
     def fault(self, what: str, target: str) -> None:
@@ -400,15 +442,17 @@ class ChaosStack:
             proc = Proc(name, self.argv(pool), {**self.env, **extra},
                         self.logs / f"{name}.log")
             self.procs[name] = proc
-        if proc.alive:
-            return proc
-        mark = proc.log.stat().st_size if proc.log.exists() else 0
-        with proc.log.open("ab") as out:
-            proc.popen = subprocess.Popen(proc.argv, cwd=ROOT, env=proc.env, stdout=out,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
-        proc.frozen = False
-        proc.starts += 1
+        with self._lock:
+            if proc.alive:
+                return proc
+            mark = proc.log.stat().st_size if proc.log.exists() else 0
+            with proc.log.open("ab") as out:
+                proc.popen = subprocess.Popen(
+                    proc.argv, cwd=ROOT, env=proc.env, stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc.frozen = False
+            proc.down = False
+            proc.starts += 1
         if wait:
             self.wait_serving(name, mark)
         return proc
@@ -465,10 +509,12 @@ class ChaosStack:
     def kill(self, name: str, *, group: bool = True) -> None:
         """kill -9 ``name`` (by default the whole session: a machine dying) and reap it."""
         proc = self.procs[name]
-        self.signal(name, signal.SIGKILL, group=group)
-        assert proc.popen is not None
-        proc.popen.wait()
-        proc.frozen = False
+        with self._lock:
+            proc.down = True
+            self.signal(name, signal.SIGKILL, group=group)
+            assert proc.popen is not None
+            proc.popen.wait()
+            proc.frozen = False
         self.fault("kill -9", name)
 
     def kill_child(self, name: str) -> int | None:
@@ -504,6 +550,7 @@ class ChaosStack:
             if kill:
                 self.kill(name)
             else:
+                proc.down = True
                 self.signal(name, signal.SIGTERM, group=False)
                 assert proc.popen is not None
                 proc.popen.wait(timeout=60)
@@ -516,6 +563,7 @@ class ChaosStack:
         if not proc.alive:
             return
         assert proc.popen is not None
+        proc.down = True
         if proc.frozen:
             self.thaw(name)
         proc.popen.send_signal(signal.SIGTERM)

@@ -153,6 +153,9 @@ def execute(stack: ChaosStack, scenario: Scenario, jobs: int, seed: int) -> Outc
     except Exception as exc:  # noqa: BLE001
         result = Audit(jobs=len(run.ids), lost=len(run.ids))
         error = (error or "") + f"; audit failed: {type(exc).__name__}: {exc}"
+    deaths = stack.deaths(run.began)
+    if deaths:  # exits nobody asked for, restarted as systemd would
+        run.notes["restarted_after_dying"] = deaths
     try:
         run.notes["longest_stall_s"] = longest_stall_s(stack, run.ids)
     except Exception:  # noqa: BLE001 - a figure only
