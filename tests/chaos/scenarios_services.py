@@ -1,9 +1,9 @@
 """Service faults: Redis, Kafka or PostgreSQL restarted twice in the middle of a run.
 
 Each scenario produces a first part of its jobs, restarts the service while stages run,
-produces a second part, restarts it again while those run, then produces a last few jobs
-(every process must serve again after the second restart, by itself: the harness starts
-nothing again). It ends with the audit and three checks of its own:
+produces a second part, restarts it again while those run (Redis and PostgreSQL: more
+jobs come while it is down), then produces a last few jobs (every process must serve
+again after the second restart, by itself: the harness starts nothing again). It ends with the audit and three checks of its own:
 
 - no process of the stack was restarted, and each is still running (the bridge, with its
   dispatcher and status relay threads, and the gpu, cpu and io pools);
@@ -91,10 +91,25 @@ def _recovery_s(stack: ChaosStack, service: str, ids: list[str], back: datetime
     return out
 
 
-def _moving(stack: ChaosStack, ids: list[str], timeout_s: float) -> None:
-    """Until a job of ``ids`` holds a live stage lease and none is final yet, or some are
-    final and others not (stages under way when the fault comes)."""
-    def under_way() -> bool:
+def _await_recovery(stack: ChaosStack, service: str, ids: list[str], back: datetime,
+                    timeout_s: float = 90) -> dict[str, float | None]:
+    """:func:`_recovery_s` once every path moved again, or as it stands after
+    ``timeout_s`` (a path that never moved stays None)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            took = _recovery_s(stack, service, ids, back)
+        except Exception:  # noqa: BLE001 - PostgreSQL still coming back
+            took = dict.fromkeys(PROGRESS[service])
+        if None not in took.values() or time.monotonic() > deadline:
+            return took
+        time.sleep(0.2)
+
+
+def _moving(stack: ChaosStack, ids: list[str], timeout_s: float) -> bool:
+    """Until a job of ``ids`` holds a live stage lease while not all of them are final
+    (True: stages under way when the fault comes), or all are final already (False)."""
+    def under_way() -> bool | None:
         try:
             with stack.db.connect() as conn:
                 leased, final = conn.execute(text(
@@ -103,9 +118,17 @@ def _moving(stack: ChaosStack, ids: list[str], timeout_s: float) -> None:
                     "FROM tasks WHERE task_id = ANY(:ids)"),
                     {"ids": ids, "final": list(FINAL)}).one()
         except Exception:  # noqa: BLE001 - a service still coming back
+            return None
+        if final == len(ids):
             return False
-        return leased > 0 and final < len(ids)
-    stack.wait_until(under_way, timeout_s, "stages under way", 0.05)
+        return True if leased > 0 else None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = under_way()
+        if state is not None:
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"no stage under way within {timeout_s} s")
 
 
 def _unpublished(stack: ChaosStack, ids: list[str]) -> int:
@@ -121,20 +144,33 @@ def restart_twice(stack: ChaosStack, service: str, jobs: int = 12, *,
     ``jobs`` jobs (at least 4); see the module docstring."""
     began = time.monotonic()
     starts = {name: proc.starts for name, proc in stack.procs.items()}
-    part = max(1, (jobs - 1) // 2)
-    batches = [part, part, max(1, jobs - 2 * part)]
+    # Before the first restart; before the second; while the service is down the second
+    # time (PostgreSQL: admission rewinds; Redis: dispatch waits; Kafka: none, its
+    # producers would wait too); after.
+    down = 0 if service == "kafka" else max(1, jobs // 5)
+    part = max(1, (jobs - 1 - down) // 2)
+    batches = [part, part, down, max(1, jobs - 2 * part - down)]
     ids: list[str] = []
     backs: list[datetime] = []
     problems: list[str] = []
+    paths: list[dict[str, float | None]] = []
+    mid_stage = 0
     for round_, how in enumerate(HOW[service]):
         new = stack.produce(batches[round_], f"{service}{round_}")
         ids += new
-        _moving(stack, new, 120)
-        stack.restart_service(service, down_s=down_s, **how)
+        if backs:  # the first restart's recovery, measured before the next fault
+            paths.append(_await_recovery(stack, service, ids, backs[-1]))
+        mid_stage += _moving(stack, new, 120)
+        stack.stop_service(service, **how)
+        if round_ == 1 and batches[2]:
+            ids += stack.produce(batches[2], f"{service}-down")
+        time.sleep(down_s)
+        stack.start_service(service)
         backs.append(datetime.now(timezone.utc))
     sending = time.monotonic()
-    ids += stack.produce(batches[2], f"{service}-after")
+    ids += stack.produce(batches[3], f"{service}-after")
     produce_s = time.monotonic() - sending
+    paths.append(_await_recovery(stack, service, ids, backs[-1]))
     try:
         stack.wait_settled(ids, timeout_s)
     except AssertionError as exc:
@@ -144,10 +180,8 @@ def restart_twice(stack: ChaosStack, service: str, jobs: int = 12, *,
         stack.wait_until(lambda: _unpublished(stack, ids) == 0, 30, "the outbox drained")
     except AssertionError:
         problems.append(f"{_unpublished(stack, ids)} status events never published")
-    recovery, paths = [], []
-    for n, back in enumerate(backs, 1):
-        took = _recovery_s(stack, service, ids, back)
-        paths.append(took)
+    recovery = []
+    for n, took in enumerate(paths, 1):
         if None in took.values():
             problems.append(f"nothing moved after restart {n}: {took}")
         else:
@@ -160,7 +194,8 @@ def restart_twice(stack: ChaosStack, service: str, jobs: int = 12, *,
     audit = stack.audit(ids)
     return Outcome(f"{service}-restart-x2", audit, recovery, time.monotonic() - began,
                    problems, {"down_s": down_s, "recovery_paths": paths,
-                    "produce_after_s": round(produce_s, 2)})
+                    "produce_after_s": round(produce_s, 2),
+                    "faults_mid_stage": mid_stage})
 
 
 def redis_restart(stack: ChaosStack, jobs: int = 12) -> Outcome:
