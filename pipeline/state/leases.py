@@ -78,7 +78,9 @@ WHERE task_id = :task_id
   AND ({_STAGE_POS.format(col='stage')} <= {_STAGE_POS.format(col=':stage')}
        OR stage IS NULL)
   AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = :owner)
-  AND (status NOT IN ({_FINAL}) OR :stage = 'callback')
+  -- The callback tells a final outcome: a callback message for a job not final (published
+  -- by a dispatcher or reconciler whose transaction then rolled back) is a stray.
+  AND (CASE WHEN :stage = 'callback' THEN status IN ({_FINAL}) ELSE status NOT IN ({_FINAL}) END)
   -- A settled callback is done: a later copy (redelivered after its worker was killed
   -- before the ack, re-sent by the reconciler) is skipped, not run and recorded again.
   AND NOT (:stage = 'callback'

@@ -113,3 +113,26 @@ def test_a_callback_copy_after_the_callback_settled_is_skipped(
     assert result.outcome is StageOutcome.SKIP and runs == []
     assert task_events(db_engine, task_id) == ["skipped"]
     assert task_row(db_engine, task_id)["callback_status"] == settled
+
+
+@pytest.mark.parametrize("status", ["received", "waiting", "queued", "running"])
+def test_a_callback_message_for_a_job_not_final_is_skipped(
+        fast: Settings, db_engine: Engine, task_id: str, status: str) -> None:
+    """A stray callback message (the dispatcher published an expired job's callback, then
+    died before its expiry committed) leaves the job as it is, for the dispatcher to
+    expire again; it never turns a job that did not start into a running one."""
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET status = :s, stage = NULL, "
+                          "callback_url = 'http://127.0.0.1:9/hook' WHERE task_id = :t"),
+                     {"s": status, "t": task_id})
+    runs = []
+
+    def stage(ctx: StageContext) -> dict[str, Any]:
+        runs.append(1)
+        return {"callback_status": "delivered"}
+
+    result = run_stage(fast, db_engine, task_id, "callback", stage)
+    assert result.outcome is StageOutcome.SKIP and runs == []
+    row = task_row(db_engine, task_id)
+    assert (row["status"], row["stage"], row["started_at"], row["callback_status"]) == (
+        status, None, None, None)
