@@ -26,17 +26,16 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine
 
 from pipeline.scheduler import metrics, pick, upkeep
+from pipeline.state.advisory import SessionLock
 
 log = logging.getLogger(__name__)
 
 #: ``publish(task_id, priority, first_stage)``: send a chain from that stage.
 Publish = Callable[[str, int, str], None]
 
-_LOCK = text("SELECT pg_try_advisory_lock(hashtext(:key))")
-_UNLOCK = text("SELECT pg_advisory_unlock(hashtext(:key))")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -57,8 +56,8 @@ class Dispatcher:
         self.errors = errors
         self.gauges = gauges or metrics.SchedulerGauges(topic)
         self.key = f"sonic-dispatch:{topic}"
-        self.active = False  #: holds the topic's lock
-        self._lock_conn: Connection | None = None
+        self.lock = SessionLock(db_engine, self.key, on_take=self._taken,
+                                on_drop=lambda: metrics.ACTIVE.labels(self.topic).set(0))
         self._next_upkeep = 0.0
         self._resume_at: datetime = _EPOCH
         self._backoff = 0.0
@@ -72,22 +71,26 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 try:
-                    if not self._hold():
+                    if not self.lock.hold():
                         stop.wait(1.0)
                         continue
                     busy = self.once()
                     self._backoff = 0.0
+                    if not busy:
+                        stop.wait(self.idle_s)
                 except self.errors as exc:
-                    self._drop_lock()
+                    self.lock.drop()
                     self._backoff = min(5.0, max(0.2, self._backoff * 2))
                     log.warning("dispatcher: %s; retrying in %.1f s",
                                 (str(exc).splitlines() or [""])[0], self._backoff)
                     stop.wait(self._backoff)
-                    continue
-                if not busy:
-                    stop.wait(self.idle_s)
         finally:
-            self._drop_lock()
+            self.lock.drop()
+
+    @property
+    def active(self) -> bool:
+        """Whether this dispatcher holds the topic's lock (the active one)."""
+        return self.lock.held
 
     def once(self) -> int:
         """One pass: upkeep when due, then fill the window. Returns the jobs dispatched."""
@@ -138,37 +141,9 @@ class Dispatcher:
                      len(unknown), len(owed))
 
     # --- the lock ---------------------------------------------------------------------
-    def _hold(self) -> bool:
-        """True while this dispatcher holds the topic's session lock (taken if free)."""
-        if self._lock_conn is not None:
-            self._lock_conn.execute(text("SELECT 1"))  # a dead connection lost the lock
-            return True
-        conn = self.db.connect()
-        try:
-            got = bool(conn.execute(_LOCK, {"key": self.key}).scalar())
-            conn.commit()
-        except BaseException:
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            return False
-        self._lock_conn, self.active = conn, True
+    def _taken(self) -> None:
+        """The lock was just taken: store the weights."""
         metrics.ACTIVE.labels(self.topic).set(1)
         log.info("dispatcher: active for %s (window %d)", self.topic, self.window)
         with self.db.begin() as tx:
             pick.set_weights(tx, self.topic, self.weights)
-        return True
-
-    def _drop_lock(self) -> None:
-        conn, self._lock_conn, self.active = self._lock_conn, None, False
-        if conn is None:
-            return
-        metrics.ACTIVE.labels(self.topic).set(0)
-        try:
-            conn.execute(_UNLOCK, {"key": self.key})
-            conn.commit()
-        except Exception:  # noqa: BLE001 - closing the session frees the lock anyway
-            pass
-        finally:
-            conn.close()

@@ -24,19 +24,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.settings import Settings
+from pipeline.state.advisory import SessionLock
 from pipeline.status import metrics, outbox
 from pipeline.status.cache import StatusCache
 from pipeline.status.events import StatusEvent
 from pipeline.status.sink import KafkaSink, producer_factory
 
 log = logging.getLogger(__name__)
-
-_LOCK = text("SELECT pg_try_advisory_lock(hashtext(:key))")
-_UNLOCK = text("SELECT pg_advisory_unlock(hashtext(:key))")
 
 #: ``publish(events)`` -> per event, whether Kafka has it (:meth:`KafkaSink.publish`).
 Publish = Callable[[Sequence[StatusEvent]], list[bool]]
@@ -81,8 +79,8 @@ class Relay:
         self.batch, self.idle_s, self.retention_s = batch, idle_s, retention_s
         self.prune_s, self.backoff_max_s = prune_s, backoff_max_s
         self.key = f"sonic-status-relay:{topic}"
-        self.active = False
-        self._lock_conn: Connection | None = None
+        self.lock = SessionLock(db_engine, self.key, on_take=self._taken,
+                                on_drop=lambda: metrics.ACTIVE.labels(self.topic).set(0))
         self._backoff = 0.0
         self._next_prune = 0.0
         self._next_count = 0.0
@@ -93,7 +91,7 @@ class Relay:
         try:
             while not stop.is_set():
                 try:
-                    if not self._hold():
+                    if not self.lock.hold():
                         stop.wait(1.0)
                         continue
                     sent, left = self.once()
@@ -102,7 +100,7 @@ class Relay:
                     # over. Kafka failed: every bridge shares that Kafka, so keep the role
                     # (a standby taking it would only reorder who waits).
                     if isinstance(exc, SQLAlchemyError):
-                        self._drop_lock()
+                        self.lock.drop()
                     self._wait(stop, f"{type(exc).__name__}: "
                                      f"{(str(exc).splitlines() or [''])[0]}")
                     continue
@@ -115,7 +113,12 @@ class Relay:
                 if sent < self.batch:
                     stop.wait(self.idle_s)
         finally:
-            self._drop_lock()
+            self.lock.drop()
+
+    @property
+    def active(self) -> bool:
+        """Whether this relay holds the topic's lock (the active one)."""
+        return self.lock.held
 
     def once(self) -> tuple[int, int]:
         """One batch: (events published, events left unpublished by a Kafka failure)."""
@@ -177,39 +180,9 @@ class Relay:
         log.warning("status relay: %s; retrying in %.0f s", why, self._backoff)
         stop.wait(self._backoff)
 
-    # --- the lock ---------------------------------------------------------------------
-    def _hold(self) -> bool:
-        """True while this relay holds the topic's session lock (taken if free)."""
-        if self._lock_conn is not None:
-            self._lock_conn.execute(text("SELECT 1"))  # a dead connection lost the lock
-            return True
-        conn = self.db.connect()
-        try:
-            got = bool(conn.execute(_LOCK, {"key": self.key}).scalar())
-            conn.commit()
-        except BaseException:
-            conn.close()
-            raise
-        if not got:
-            conn.close()
-            return False
-        self._lock_conn, self.active = conn, True
+    def _taken(self) -> None:
         metrics.ACTIVE.labels(self.topic).set(1)
         log.info("status relay: active for %s", self.topic)
-        return True
-
-    def _drop_lock(self) -> None:
-        conn, self._lock_conn, self.active = self._lock_conn, None, False
-        if conn is None:
-            return
-        metrics.ACTIVE.labels(self.topic).set(0)
-        try:
-            conn.execute(_UNLOCK, {"key": self.key})
-            conn.commit()
-        except Exception:  # noqa: BLE001 - closing the session frees the lock anyway
-            pass
-        finally:
-            conn.close()
 
 
 def build(settings: Settings, db_engine: Engine, client: redis.Redis | None,

@@ -72,8 +72,8 @@ def test_one_dispatcher_per_topic_is_active_the_other_stands_by(jobs: Jobs) -> N
     assert not first.active and not second.active  # the lock is given back on the way out
     # With the lock free, a standby becomes active at its next try.
     later = make(jobs, sent, window=100)
-    assert later._hold() and later.active
-    later._drop_lock()
+    assert later.lock.hold() and later.active
+    later.lock.drop()
 
 
 def test_upkeep_expires_and_sends_their_callbacks(jobs: Jobs) -> None:
