@@ -23,7 +23,7 @@ from bridge.decode import Decoded, Rejection
 from bridge.phases import PHASES
 from pipeline.errors import InvalidMessage
 from pipeline.scheduler.settle import settle
-from pipeline.state import admission
+from pipeline.state import admission, wake
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class Admit:
             with PHASES.timed("settle"):
                 settle(cur, result.to_settle)
                 admission.hold(cur, result.to_hold)
+            if result.new:  # at the commit: the dispatcher picks them now, not at its poll
+                topic = admission.TASK_COLUMNS.index("kafka_topic")
+                wake.notify(cur, {row[topic] for row in rows})
             committing = time.perf_counter()
         PHASES.add("pg_commit", time.perf_counter() - committing)
         return result

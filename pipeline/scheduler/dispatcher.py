@@ -8,6 +8,12 @@ Celery window while it has room.
     window full: up to ``express`` more, each only if it must go before a job of the
                  window not yet on the gpu (:func:`pick.overtake`), published at the
                  Redis priority that puts it there
+    nothing sent: sleep until woken (:mod:`pipeline.state.wake`: admission made jobs
+                  runnable, a stage left the gpu or ended a job) or ``idle_s`` passed
+
+The lock's session listens for the wake-ups, so a job admitted to an idle dispatcher is
+picked within milliseconds, not at the next poll; the poll stays, and a lost
+notification costs one ``idle_s`` at most.
 
 The pick and the publish share one transaction: a publish that fails rolls the pick back
 (the job stays runnable); a commit that fails after the publish leaves a chain whose
@@ -29,6 +35,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine
 
 from pipeline.scheduler import metrics, pick, upkeep
+from pipeline.state import wake
 from pipeline.state.advisory import SessionLock
 
 log = logging.getLogger(__name__)
@@ -77,7 +84,7 @@ class Dispatcher:
                     busy = self.once()
                     self._backoff = 0.0
                     if not busy:
-                        stop.wait(self.idle_s)
+                        self._idle(stop)
                 except self.errors as exc:
                     self.lock.drop()
                     self._backoff = min(5.0, max(0.2, self._backoff * 2))
@@ -91,6 +98,14 @@ class Dispatcher:
     def active(self) -> bool:
         """Whether this dispatcher holds the topic's lock (the active one)."""
         return self.lock.held
+
+    def _idle(self, stop: threading.Event) -> bool:
+        """Nothing to send: wait for a wake-up or ``idle_s`` (True: woken)."""
+        conn = self.lock.connection
+        if conn is None:
+            stop.wait(self.idle_s)
+            return False
+        return wake.wait(conn, self.topic, self.idle_s, stop)
 
     def once(self) -> int:
         """One pass: upkeep when due, then fill the window. Returns the jobs dispatched."""
@@ -142,8 +157,11 @@ class Dispatcher:
 
     # --- the lock ---------------------------------------------------------------------
     def _taken(self) -> None:
-        """The lock was just taken: store the weights."""
+        """The lock was just taken: listen for wake-ups, store the weights."""
         metrics.ACTIVE.labels(self.topic).set(1)
         log.info("dispatcher: active for %s (window %d)", self.topic, self.window)
+        conn = self.lock.connection
+        assert conn is not None
+        wake.listen(conn)
         with self.db.begin() as tx:
             pick.set_weights(tx, self.topic, self.weights)
