@@ -146,3 +146,34 @@ def test_a_job_that_never_ran_keeps_started_at_null_through_its_callback(
     assert ran["started_at"] == before[ids["ran"]]["started_at"]
     with db_engine.connect() as conn:
         assert describe(conn, ids["ran"])["timings"]["wait_s"] is not None
+
+
+def test_migration_0011_clears_the_start_a_callback_gave_a_job_that_never_ran(
+        db_engine: Engine, topic: str) -> None:
+    """Rows as the callback left them before (started after the job had finished) lose
+    that start; jobs that ran, or never got a callback, keep theirs."""
+    import importlib.util
+
+    path = (Path(__file__).resolve().parents[3] / "migrations" / "versions"
+            / "0011_ordering_key_per_topic.py")
+    spec = importlib.util.spec_from_file_location("migration_0011", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    rows = {  # name: (status, started_at, finished_at) as SQL, and started_at kept?
+        "cancelled": ("cancelled", "now() - interval '1 minute'",
+                      "now() - interval '2 minutes'", False),
+        "expired": ("expired", "now()", "now() - interval '1 second'", False),
+        "refused": ("rejected", "now() - interval '1 hour'", "now() - interval '2 hours'", False),
+        "ran": ("failed", "now() - interval '2 minutes'", "now() - interval '1 minute'", True),
+        "done": ("completed", "now() - interval '1 hour'", "now()", True),
+        "moving": ("running", "now() - interval '1 minute'", "NULL", True),
+    }
+    with db_engine.begin() as conn:
+        for name, (status, started, finished, _) in rows.items():
+            conn.execute(text(f"INSERT INTO tasks (task_id, kafka_topic, status, started_at, "
+                              f"finished_at) VALUES (:t, :topic, :s, {started}, {finished})"),
+                         {"t": f"{topic}.{name}", "topic": topic, "s": status})
+        conn.execute(text(migration.REPAIR_STARTED))
+    for name, (*_, kept) in rows.items():
+        assert (_row(db_engine, f"{topic}.{name}")["started_at"] is not None) is kept, name
