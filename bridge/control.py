@@ -39,7 +39,7 @@ from bridge.consumer import make_consumer as make_task_consumer
 from bridge.decode import Rejection
 from bridge.dlq import DeadLetters
 from bridge.errors import TRANSIENT
-from bridge.services import KAFKA_BOOTSTRAP_TIMEOUT_MS, kafka
+from bridge.services import kafka
 from pipeline.errors import InvalidMessage
 from pipeline.job_ids import is_task_id, strip_bom
 from pipeline.scheduler import metrics
@@ -218,7 +218,7 @@ def make_consumer(settings: Settings) -> KafkaConsumer:
     consumer = make_task_consumer(
         settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-control",
                                     "bridge_batch_max": 500}),
-        bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS)
+        bootstrap_timeout_ms=int(settings.kafka_bootstrap_timeout_s * 1000))
     consumer.subscribe([settings.topic_control])
     return consumer
 

@@ -32,7 +32,7 @@ from bridge.guard import InvalidRatio, InvalidRatioExceeded
 from bridge.loop import Every, Loop
 from bridge.process import Process
 from bridge.rawfetch import RawFetcher
-from bridge.services import KAFKA_BOOTSTRAP_TIMEOUT_MS, kafka, postgres, redis_client
+from bridge.services import kafka, postgres, redis_client
 from bridge.signals import Shutdown
 from bridge.undecodable import UndecodableStep
 from pipeline import chains, reconcile
@@ -91,6 +91,7 @@ def run(settings: Settings) -> int:
 def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
     topic = settings.topic_tasks
     kafka_pin.check_client()  # consumer.py and rawfetch.py rely on its internals
+    bootstrap_ms = int(settings.kafka_bootstrap_timeout_s * 1000)
     with ExitStack() as stack:
         db_engine = postgres(settings)
         stack.callback(db_engine.dispose)
@@ -98,11 +99,11 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         stack.callback(client.close)
         producer = kafka(settings, lambda: KafkaProducer(
             acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024,
-            bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+            bootstrap_timeout_ms=bootstrap_ms,
             **settings.kafka_client_config()))
         stack.callback(producer.close, 10)
         consumer = kafka(settings, lambda: make_consumer(
-            settings, bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS))
+            settings, bootstrap_timeout_ms=bootstrap_ms))
         stack.callback(consumer.close, autocommit=False)  # leaves the group
         rebalance = Rebalance(consumer)
         consumer.subscribe([topic], listener=rebalance)
@@ -132,7 +133,7 @@ def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
         decode = DecodeStep(settings)
         undecodable = UndecodableStep(RawFetcher(lambda: KafkaConsumer(
             client_id=f"{consumer.config['client_id']}-raw", enable_auto_commit=False,
-            bootstrap_timeout_ms=KAFKA_BOOTSTRAP_TIMEOUT_MS,
+            bootstrap_timeout_ms=bootstrap_ms,
             **settings.kafka_client_config())), decode.salvaged, CHECK_CRCS)
         stack.callback(undecodable.close)
         loop = Loop(consumer, rebalance, decode,

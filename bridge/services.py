@@ -22,9 +22,6 @@ from pipeline.settings import Settings
 from pipeline.state.db import make_db_engine
 from pipeline.state.health import explain_db_error
 
-#: How long the start-up waits for a Kafka broker before exit 4.
-KAFKA_BOOTSTRAP_TIMEOUT_MS = 10_000
-
 T = TypeVar("T")
 
 

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str | None = None
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
+    #: How long a bridge or CLI client waits at start for a first broker before it gives up
+    #: with ``service.unavailable`` (exit 4); kafka-python's own default is 30 s.
+    kafka_bootstrap_timeout_s: float = Field(5.0, gt=0, le=300)
     topic_tasks: str = "sonic-video-tasks"
     topic_dlq: str = "sonic-video-tasks-dlq"
     topic_control: str = "sonic-video-control"

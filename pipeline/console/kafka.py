@@ -10,13 +10,16 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline.settings import Settings
 
-#: Milliseconds a client waits for the first broker answer.
-BOOTSTRAP_TIMEOUT_MS = 5000
+
+def _bootstrap_ms(settings: Settings) -> int:
+    """Milliseconds a client waits for the first broker answer
+    (``SONIC_KAFKA_BOOTSTRAP_TIMEOUT_S``)."""
+    return int(settings.kafka_bootstrap_timeout_s * 1000)
 
 
 def producer(settings: Settings) -> KafkaProducer:
     """An idempotent producer (``acks='all'``); close it after use."""
-    return KafkaProducer(acks="all", bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+    return KafkaProducer(acks="all", bootstrap_timeout_ms=_bootstrap_ms(settings),
                          **settings.kafka_client_config())
 
 
@@ -33,13 +36,14 @@ def send(settings: Settings, topic: str, records: Sequence[dict[str, Any]]) -> l
 
 
 def admin(settings: Settings) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+    return KafkaAdminClient(bootstrap_timeout_ms=_bootstrap_ms(settings),
                             request_timeout_ms=10000, **settings.kafka_client_config())
 
 
 def consumer(settings: Settings, **options: Any) -> KafkaConsumer:
     """A consumer in no group (assign and seek by hand), never committing."""
-    return KafkaConsumer(enable_auto_commit=False, bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+    return KafkaConsumer(enable_auto_commit=False,
+                         bootstrap_timeout_ms=_bootstrap_ms(settings),
                          **options, **settings.kafka_client_config())
 
 
