@@ -195,6 +195,9 @@ class Settings(BaseSettings):
     #: and hands over one black frame). Off: a job naming it gets ``engine.unavailable``.
     bench_engine: bool = False
     bench_engine_sleep_s: float = Field(0.0, ge=0)
+    #: ...plus this many seconds per inference step of the job (a gpu stage whose length
+    #: each job chooses: the scheduler's end-to-end tests).
+    bench_engine_step_s: float = Field(0.0, ge=0)
     #: The ``remote`` engine: an HTTP inference service (``{url}/v1/render``; README)...
     remote_url: str | None = None
     #: ...called with these API keys (``k1,k2`` or a JSON list of ``{"key", "weight",

@@ -2,11 +2,13 @@
 
 Registered only when ``SONIC_BENCH_ENGINE`` is on (:data:`pipeline.engines.BENCH_ENGINES`):
 otherwise a job naming it fails with ``engine.unavailable`` like any unknown engine. It
-renders nothing: it holds the stage for ``SONIC_BENCH_ENGINE_SLEEP_S`` seconds (0: returns
-at once), polling the stop check as a real engine does between batches, and hands over
-one black 64x64 frame, which the real encode stage holds for the audio's length. So the
+renders nothing: it holds the stage for ``SONIC_BENCH_ENGINE_SLEEP_S`` seconds plus
+``SONIC_BENCH_ENGINE_STEP_S`` x the job's ``inference_steps`` (both 0: returns at once),
+polling the stop check as a real engine does between batches, and hands over one black
+64x64 frame, which the real encode stage holds for the audio's length. So the
 orchestration around the gpu stage (queues, leases, the other stages) is what a benchmark
-measures, or a gpu stage of a known, fixed length.
+measures, or a gpu stage of a known length that each job chooses (the scheduler's
+end-to-end tests: a busy gpu, a slot that frees at a known moment, at no cost in CPU).
 """
 
 from __future__ import annotations
@@ -32,15 +34,21 @@ class BenchEngine(Engine):
 
     def __init__(self) -> None:
         self.sleep_s = 0.0
+        self.step_s = 0.0
 
     def load(self, settings: Any) -> None:
         self.sleep_s = float(settings.bench_engine_sleep_s)
+        self.step_s = float(settings.bench_engine_step_s)
+
+    def hold_s(self, inference_steps: int) -> float:
+        """Seconds the stage holds the gpu for a job of ``inference_steps``."""
+        return self.sleep_s + self.step_s * inference_steps
 
     def render(self, job: RenderRequest, on_progress: Progress,
                should_stop: StopCheck) -> RenderResult:
-        """Hold for ``sleep_s``, then write one black frame (raw: no encoder to start)."""
+        """Hold for :meth:`hold_s`, then write one black frame (raw: no encoder to start)."""
         started = time.monotonic()
-        end = started + self.sleep_s
+        end = started + self.hold_s(job.inference_steps)
         while (left := end - time.monotonic()) > 0:
             check_stop(should_stop)
             time.sleep(min(POLL_S, left))

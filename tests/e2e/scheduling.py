@@ -3,11 +3,12 @@ PostgreSQL -> the bridge's dispatcher -> real Celery worker pools (``celery -A p
 
 One set of worker pools serves every test of a session (fixture ``sched`` in
 ``tests/e2e/conftest.py``); each test takes a :class:`Flow`: a topic, consumer group and
-task-id prefix of its own, with bridges started on it. The gpu pool runs the test-only
-``timed`` engine (:mod:`tests.e2e.timed_engine`): a job's gpu stage takes
-``config.inference_steps x 0.05 s`` and no CPU, so the gpu is the bottleneck it is in
-production, and its start and end are known. Media are tiny (a 384 px portrait, a
-second of speech, 64 px output); storage is the local backend; no callbacks.
+task-id prefix of its own, with bridges started on it. The gpu pool runs the ``bench``
+engine (:mod:`pipeline.engines.bench`, ``SONIC_BENCH_ENGINE_STEP_S`` = :data:`STEP_S`): a
+job's gpu stage takes ``config.inference_steps x 0.05 s`` (:func:`hold_s`) and no CPU, so
+the gpu is the bottleneck it is in production, and its start and end are known. Media are
+tiny (a 384 px portrait, a second of speech, one 64 px frame); storage is the local
+backend; no callbacks.
 
 Times come from PostgreSQL: a job's start is its first stage's ``started`` event, its gpu
 start that of the gpu stage, its end ``tasks.finished_at``.
@@ -37,7 +38,6 @@ from sqlalchemy import Engine, text
 from pipeline.chains import dispatch_one, make_app, queue_keys
 from pipeline.commands import worker_argv
 from pipeline.settings import STAGES, Settings, load
-from tests.e2e.timed_engine import NAME as TIMED
 from tests.pipeline.media.helpers import PORTRAIT, speak
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +46,13 @@ SCHED_REDIS_DB = 14
 #: Below the ephemeral port range; the pools serve metrics on the next three ports.
 METRICS_PORT = 29300
 FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
+#: Seconds of gpu time per inference step of a job.
+STEP_S = 0.05
+
+
+def hold_s(inference_steps: int) -> float:
+    """Seconds the gpu stage holds the gpu for a job of ``inference_steps``."""
+    return inference_steps * STEP_S
 
 
 def _env(settings: dict[str, Any]) -> dict[str, str]:
@@ -87,13 +94,9 @@ class Sched:
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start_worker(self, pool: str) -> None:
-        argv = worker_argv(pool, self.settings)
-        env = dict(self.env)
-        if pool == "gpu":  # the real gpu worker, with the timed engine registered
-            argv = [sys.executable, "-m", "tests.e2e.timed_engine", *argv[3:]]
-            env["SONIC_DEFAULT_ENGINE"] = TIMED
         log = open(self.root / f"worker-{pool}.log", "ab")
-        self.workers[pool] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
+        self.workers[pool] = subprocess.Popen(worker_argv(pool, self.settings), cwd=ROOT,
+                                              env=self.env, stdout=log,
                                               stderr=subprocess.STDOUT,
                                               start_new_session=True)
 
@@ -163,6 +166,8 @@ def start_sched(stack: Settings, db_engine: Engine, root: Path) -> Iterator[Sche
         "redis_db": SCHED_REDIS_DB, "state_dir": root / "state", "input_roots": inputs,
         "storage_backend": "local", "metrics_port": METRICS_PORT, "worker_concurrency": 2,
         "heartbeat_interval_s": 1, "lease_ttl_s": 10,
+        # Every job's gpu stage: hold_s(its inference_steps), no render.
+        "bench_engine": True, "default_engine": "bench", "bench_engine_step_s": STEP_S,
     }
     (root / "state").mkdir()
     settings = load(**{k: ([v] if k == "input_roots" else v) for k, v in overrides.items()})
@@ -259,6 +264,16 @@ class Flow:
                 WHERE t.kafka_topic = :t AND e.stage = :s AND e.event = 'started'
                 GROUP BY 1"""), {"t": self.topic, "s": stage}).all()
         return {r[0]: r[1] for r in found}
+
+    def gpu_starts(self) -> list[tuple[float, str]]:
+        """(epoch seconds, task id) of every gpu stage start of the flow's jobs, in time
+        order."""
+        with self.sched.db_engine.connect() as conn:
+            return [(float(r[0]), r[1]) for r in conn.execute(text("""
+                SELECT extract(epoch FROM e.at), e.task_id FROM task_events e
+                JOIN tasks t USING (task_id)
+                WHERE t.kafka_topic = :t AND e.stage = 'gpu' AND e.event = 'started'
+                ORDER BY e.at, e.id"""), {"t": self.topic})]
 
     def wait(self, predicate: Callable[[], Any], timeout_s: float, what: str,
              interval_s: float = 0.1) -> Any:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import text
 
-from tests.e2e.scheduling import FINAL, Flow, make_flow
-from tests.e2e.timed_engine import hold_s
+from tests.e2e.scheduling import FINAL, Flow, hold_s, make_flow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,14 +33,6 @@ def test_a_burst_of_one_tenant_does_not_hold_back_another(sched) -> None:
         topic_flow.close()
 
 
-def _gpu_starts(flow: Flow) -> list[tuple[float, str]]:
-    with flow.sched.db_engine.connect() as conn:
-        return [(float(r[0]), r[1]) for r in conn.execute(text("""
-            SELECT extract(epoch FROM e.at), e.task_id FROM task_events e
-            JOIN tasks t USING (task_id)
-            WHERE t.kafka_topic = :t AND e.stage = 'gpu' AND e.event = 'started'
-            ORDER BY e.at, e.id"""), {"t": flow.topic})]
-
 
 def _run(flow: Flow, a: str, b: str) -> None:
     # Given tenant A's 500 jobs, admitted and being served,
@@ -51,8 +41,8 @@ def _run(flow: Flow, a: str, b: str) -> None:
     flow.produce([(i % 2, None, m) for i, m in enumerate(a_jobs)])
     flow.wait(lambda: len(flow.rows()) == A_JOBS, 60, "A's jobs to be admitted")
     # when tenant B submits 5 jobs just as one of A's starts on the gpu,
-    seen = len(_gpu_starts(flow))
-    starts = flow.wait(lambda: (lambda s: s if len(s) > seen else None)(_gpu_starts(flow)),
+    seen = len(flow.gpu_starts())
+    starts = flow.wait(lambda: (lambda s: s if len(s) > seen else None)(flow.gpu_starts()),
                        60, "one of A's jobs to start on the gpu", 0.02)
     busy = starts[-1][1]
     b_jobs = [flow.job(f"b{i}", steps=B_STEPS, tenant=b) for i in range(B_JOBS)]
@@ -66,7 +56,7 @@ def _run(flow: Flow, a: str, b: str) -> None:
             and all(t in rows for t in b_ids) else None
 
     rows = flow.wait(b_done, 120, "B's jobs to end", 0.2)
-    starts = _gpu_starts(flow)
+    starts = flow.gpu_starts()
     order = [t for _, t in starts]
 
     # then one of B's is the next job on the gpu after the one that was busy,

@@ -14,8 +14,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.e2e.scheduling import Flow, make_flow
-from tests.e2e.timed_engine import hold_s
+from tests.e2e.scheduling import Flow, hold_s, make_flow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,16 +36,6 @@ def test_an_urgent_job_is_the_next_to_start_on_a_busy_gpu(sched) -> None:
         flow.close()
 
 
-def _gpu_starts(flow: Flow) -> list[tuple[float, str]]:
-    """(epoch seconds, task id) of every gpu stage start of the flow's jobs, in time order."""
-    with flow.sched.db_engine.connect() as conn:
-        return [(float(r[0]), r[1]) for r in conn.execute(text("""
-            SELECT extract(epoch FROM e.at), e.task_id FROM task_events e
-            JOIN tasks t USING (task_id)
-            WHERE t.kafka_topic = :t AND e.stage = 'gpu' AND e.event = 'started'
-            ORDER BY e.at, e.id"""), {"t": flow.topic})]
-
-
 def _run(flow: Flow) -> None:
     low = [flow.job(f"low{i:03d}", steps=LOW_STEPS, priority=9)
            for i in range(WAITING + 3 * TRIALS)]
@@ -59,7 +48,7 @@ def _run(flow: Flow) -> None:
     for trial in range(TRIALS):
         # Given a low job that has just started on the gpu, and 50 more waiting,
         starts = flow.wait(lambda: (lambda s: s if len(s) > seen and s[-1][1] in low_ids
-                                    else None)(_gpu_starts(flow)),
+                                    else None)(flow.gpu_starts()),
                            60, f"trial {trial}: a low job to start on the gpu", 0.02)
         busy = starts[-1][1]
         assert flow.count("received") >= WAITING, f"trial {trial}"
@@ -68,12 +57,12 @@ def _run(flow: Flow) -> None:
         produced = time.time()
         flow.produce([(trial % 2, None, urgent)])
         # then it is the next job to start on the gpu.
-        flow.wait(lambda: any(t == urgent["task_id"] for _, t in _gpu_starts(flow)),
+        flow.wait(lambda: any(t == urgent["task_id"] for _, t in flow.gpu_starts()),
                   60, f"trial {trial}: the urgent job to start on the gpu", 0.05)
         trials.append((busy, urgent["task_id"], produced))
-        seen = [t for _, t in _gpu_starts(flow)].index(urgent["task_id"]) + 1
+        seen = [t for _, t in flow.gpu_starts()].index(urgent["task_id"]) + 1
 
-    starts = _gpu_starts(flow)
+    starts = flow.gpu_starts()
     order = [t for _, t in starts]
     at = {t: s for s, t in starts}
     with flow.sched.db_engine.connect() as conn:

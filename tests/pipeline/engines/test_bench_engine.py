@@ -54,3 +54,19 @@ def test_it_stops_when_asked(tmp_path: Path, verdict: object, code: str) -> None
         engine.render(_job(tmp_path), lambda _: None, asked)
     assert err.value.code == code and time.monotonic() - started < 1
     assert not (tmp_path / "render").exists() or not list((tmp_path / "render").iterdir())
+
+
+@pytest.mark.parametrize("sleep_s,step_s,steps", [(0.0, 0.05, 4), (0.1, 0.02, 10),
+                                                  (0.0, 0.0, 25), (0.2, 0.0, 40)])
+def test_each_job_adds_its_steps_time(tmp_path: Path, sleep_s: float, step_s: float,
+                                      steps: int) -> None:
+    engine = get_engine("bench", load(bench_engine=True, bench_engine_sleep_s=sleep_s,
+                                      bench_engine_step_s=step_s))
+    job = RenderRequest(tmp_path / "face.png", tmp_path / "audio.wav", tmp_path / "render",
+                        inference_steps=steps)
+    hold = sleep_s + step_s * steps
+    assert engine.hold_s(steps) == pytest.approx(hold)
+    started = time.monotonic()
+    result = engine.render(job, lambda _: None, lambda: False)
+    took = time.monotonic() - started
+    assert hold <= took < hold + 0.25 and result.frames == 1
