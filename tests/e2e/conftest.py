@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import Engine, text
 
@@ -25,11 +24,10 @@ from pipeline.chains import dispatch_one, make_app
 from pipeline.commands import worker_argv
 from pipeline.settings import Settings, load
 from tests.pipeline.media.helpers import PORTRAIT, speak
+from tests.support import pools
 from tests.support.server import free_port
 from tests.support.receiver import CallbackReceiver
 
-#: Redis database of the e2e workers (the suite's other tests use others).
-E2E_REDIS_DB = 11
 #: The e2e workers' input cap, small so a test can exceed it cheaply.
 MAX_INPUT_BYTES = 4 * 1024 * 1024
 SECRET = "whsec_" + "ZTJlLXRlc3Qtc2VjcmV0LWZvci1zaWduaW5n"
@@ -94,10 +92,9 @@ class Stack:
                 {"t": task_id})]
 
     def start_worker(self, pool: str) -> subprocess.Popen[bytes]:
-        log = open(self.settings.state_dir / f"worker-{pool}.log", "ab")
         # A session of its own, so a test can kill the whole pool (parent and children).
-        proc = subprocess.Popen(worker_argv(pool, self.settings), env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = pools.spawn(worker_argv(pool, self.settings), self.env,
+                           self.settings.state_dir / f"worker-{pool}.log")
         self.workers[pool] = proc
         return proc
 
@@ -134,20 +131,16 @@ def _json(data: Any) -> str:
     return json.dumps(data)
 
 
-def _env(overrides: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
-    for key, value in overrides.items():
-        if isinstance(value, list):
-            value = ",".join(map(str, value))
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"SONIC_{key.upper()}"] = str(value)
-    return env
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Stack]:
+    """The e2e pools, MinIO and callback receiver, stopped after tests/e2e's last test."""
+    with pools.lease("tests/e2e", stack) as lease:
+        yield from _e2e(stack, db_engine, tmp_path_factory, lease)
+
+
+def _e2e(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory,
+         lease: pools.Lease) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("e2e")
     inputs = root / "inputs"
     inputs.mkdir()
@@ -160,19 +153,17 @@ def e2e(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFac
     minio.wait_ready(minio.start())
     minio.ensure()
     overrides: dict[str, Any] = {
-        "redis_db": E2E_REDIS_DB, "state_dir": root / "state", "input_roots": [inputs],
+        "redis_db": lease.redis_db, "state_dir": root / "state", "input_roots": [inputs],
         "storage_backend": "s3", "s3_endpoint": minio.endpoint, "s3_bucket": "sonic-e2e",
         "allow_private_networks": True, "webhook_secret": SECRET,
         "heartbeat_interval_s": 1, "lease_ttl_s": 6, "max_attempts": 4,
         "worker_concurrency": 1, "time_limit_s": 120, "max_input_bytes": MAX_INPUT_BYTES,
-        # Below the ephemeral port range, so no client socket holds the next three ports.
-        "metrics_port": 29100,
+        "metrics_port": lease.metrics_port,
     }
     (root / "state").mkdir()
     settings = load(**overrides)
-    redis.Redis(host=stack.redis_host, port=stack.redis_port, db=E2E_REDIS_DB).flushdb()
     receiver = CallbackReceiver(SECRET).start()
-    env = _env(overrides)
+    env = pools.env_of(overrides)
     app = make_app(settings)
     e2e = Stack(settings, env, db_engine, app, inputs, speech, receiver,
                 f"e2e-{os.getpid()}", minio)
@@ -181,8 +172,8 @@ def e2e(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFac
     try:
         yield e2e
     finally:
-        for pool in list(e2e.workers):
-            e2e.stop_worker(pool)
+        pools.stop(list(e2e.workers.values()), timeout_s=30)  # all at once
+        e2e.workers.clear()
         receiver.stop()
         minio.stop()
 
@@ -216,14 +207,15 @@ def stack_e2e(e2e: Stack) -> Stack:
     return e2e
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sched(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Any]:
-    """Kafka -> bridge -> dispatcher -> real pools, a timed gpu engine: the scheduler's
-    end-to-end tests (tests/e2e/scheduling.py)."""
+    """Kafka -> bridge -> dispatcher -> real pools, a gpu stage of each job's chosen
+    length: the scheduler's end-to-end tests (tests/e2e/scheduling.py)."""
     from tests.e2e.scheduling import start_sched
 
-    yield from start_sched(stack, db_engine, tmp_path_factory.mktemp("sched"))
+    with pools.lease("tests/e2e scheduling", stack) as lease:
+        yield from start_sched(stack, db_engine, tmp_path_factory.mktemp("sched"), lease)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,7 +1,7 @@
 """The whole path for the scheduler's end-to-end tests: Kafka -> ``python -m bridge`` ->
 PostgreSQL -> the bridge's dispatcher -> real Celery worker pools (``celery -A pipeline``).
 
-One set of worker pools serves every test of a session (fixture ``sched`` in
+One set of worker pools serves every test of tests/e2e (fixture ``sched`` in
 ``tests/e2e/conftest.py``); each test takes a :class:`Flow`: a topic, consumer group and
 task-id prefix of its own, with bridges started on it. The gpu pool runs the ``bench``
 engine (:mod:`pipeline.engines.bench`, ``SONIC_BENCH_ENGINE_STEP_S`` = :data:`STEP_S`): a
@@ -39,12 +39,9 @@ from pipeline.chains import dispatch_one, make_app, queue_keys
 from pipeline.commands import worker_argv
 from pipeline.settings import STAGES, Settings, load
 from tests.pipeline.media.helpers import PORTRAIT, speak
+from tests.support import pools
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Redis database of these workers (the suite's other tests use others).
-SCHED_REDIS_DB = 14
-#: Below the ephemeral port range; the pools serve metrics on the next three ports.
-METRICS_PORT = 29300
 FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
 #: Seconds of gpu time per inference step of a job.
 STEP_S = 0.05
@@ -53,12 +50,6 @@ STEP_S = 0.05
 def hold_s(inference_steps: int) -> float:
     """Seconds the gpu stage holds the gpu for a job of ``inference_steps``."""
     return inference_steps * STEP_S
-
-
-def _env(settings: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
-    env.update({f"SONIC_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
@@ -94,22 +85,11 @@ class Sched:
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start_worker(self, pool: str) -> None:
-        log = open(self.root / f"worker-{pool}.log", "ab")
-        self.workers[pool] = subprocess.Popen(worker_argv(pool, self.settings), cwd=ROOT,
-                                              env=self.env, stdout=log,
-                                              stderr=subprocess.STDOUT,
-                                              start_new_session=True)
+        self.workers[pool] = pools.spawn(worker_argv(pool, self.settings), self.env,
+                                         self.root / f"worker-{pool}.log")
 
     def stop_workers(self) -> None:
-        for proc in self.workers.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.workers.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        pools.stop(list(self.workers.values()))
         self.workers.clear()
 
     def warm_up(self) -> None:
@@ -140,7 +120,7 @@ class Sched:
     def purge(self) -> None:
         """Drop every stage message waiting in Redis (a test's window left behind)."""
         client = redis.Redis(host=self.settings.redis_host, port=self.settings.redis_port,
-                             db=SCHED_REDIS_DB)
+                             db=self.settings.redis_db)
         keys = queue_keys(STAGES)
         if keys:
             client.delete(*keys)
@@ -153,8 +133,10 @@ def job_message(sched: Sched, task_id: str, steps: int = 1, **extra: Any) -> dic
             "config": {"min_resolution": 64, "inference_steps": steps, "seed": 1}, **extra}
 
 
-def start_sched(stack: Settings, db_engine: Engine, root: Path) -> Iterator[Sched]:
-    """The ``sched`` fixture's body: inputs, three pools, one warm-up job."""
+def start_sched(stack: Settings, db_engine: Engine, root: Path, lease: pools.Lease
+                ) -> Iterator[Sched]:
+    """The ``sched`` fixture's body: inputs, three pools (on ``lease``'s Redis database
+    and metrics ports), one warm-up job."""
     inputs = root / "inputs"
     inputs.mkdir(parents=True)
     face = inputs / "face.jpg"
@@ -163,15 +145,16 @@ def start_sched(stack: Settings, db_engine: Engine, root: Path) -> Iterator[Sche
     broken = inputs / "broken.jpg"  # a JPEG header and then noise: image.undecodable
     broken.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2048))
     overrides: dict[str, Any] = {
-        "redis_db": SCHED_REDIS_DB, "state_dir": root / "state", "input_roots": inputs,
-        "storage_backend": "local", "metrics_port": METRICS_PORT, "worker_concurrency": 2,
+        "redis_db": lease.redis_db, "state_dir": root / "state", "input_roots": inputs,
+        "storage_backend": "local", "metrics_port": lease.metrics_port,
+        "worker_concurrency": 2,
         "heartbeat_interval_s": 1, "lease_ttl_s": 10,
         # Every job's gpu stage: hold_s(its inference_steps), no render.
         "bench_engine": True, "default_engine": "bench", "bench_engine_step_s": STEP_S,
     }
     (root / "state").mkdir()
     settings = load(**{k: ([v] if k == "input_roots" else v) for k, v in overrides.items()})
-    sched = Sched(settings, _env(overrides), db_engine, root, face, speech, broken)
+    sched = Sched(settings, pools.env_of(overrides), db_engine, root, face, speech, broken)
     sched.purge()
     try:
         for pool in ("gpu", "cpu", "io"):
@@ -201,7 +184,7 @@ class Flow:
     def bridge(self, **overrides: Any) -> subprocess.Popen[bytes]:
         """``python -m bridge`` on this flow's topic (``overrides``: more settings)."""
         env = dict(self.sched.env)
-        env.update(_env(dict(self.settings, **overrides)))
+        env.update(pools.env_of(dict(self.settings, **overrides)))
         log = open(self.sched.root / f"{self.topic}-bridge-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
