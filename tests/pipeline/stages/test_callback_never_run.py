@@ -15,7 +15,6 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from bridge.control import apply_cancel
 from pipeline.console.status import describe
 from pipeline.scheduler import cancel as cancelling
 from pipeline.scheduler import upkeep
@@ -100,7 +99,7 @@ def test_a_job_that_never_ran_keeps_started_at_null_through_its_callback(
             _row_values(ids["ran"], topic, 5, url),
         ], [RejectRow(ids["refused"], topic, 0, 6, None, "message.missing_field",
                       "no audio_url", url)])
-        assert apply_cancel(db_engine, topic, [ids["early"]], "early") == {
+        assert cancelling.cancel_ahead(db_engine, topic, [ids["early"]], "early") == {
             ids["early"]: "cancelled_before_admission"}
         _admit(db_engine, [_row_values(ids["early"], topic, 7, url)])
         with db_engine.begin() as conn:
