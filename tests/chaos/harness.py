@@ -192,6 +192,9 @@ class ChaosStack:
                  overrides: dict[str, Any] | None = None) -> None:
         # Short: PostgreSQL's socket path must fit in 107 bytes.
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="sonic-chaos-"))
+        # A directory we made goes with the stack (logs, data dirs: ~50-70 MB a run), unless
+        # SONIC_CHAOS_KEEP asks to keep it for a post-mortem.
+        self._own_root = root is None and not os.environ.get("SONIC_CHAOS_KEEP")
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)  # the postgres user walks down to its data dir
         self.name = name
@@ -352,6 +355,8 @@ class ChaosStack:
             self._drop_bucket()
         except Exception:  # noqa: BLE001 - best effort: MinIO may be down (a scenario)
             pass
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def _drop_bucket(self) -> None:
         client = self.s3_client()

@@ -25,7 +25,11 @@ from pathlib import Path
 from sqlalchemy import text
 
 from tests.chaos.harness import FINAL, ChaosStack
+# The runner reads a scenario module's OVERRIDES: the same stack settings as the CI module.
+from tests.chaos.services_stack import OVERRIDES as STACK_OVERRIDES
 from tests.chaos.scenarios_services import Outcome, _moving
+
+OVERRIDES = dict(STACK_OVERRIDES)
 
 #: The tmpfs over the work dir: room for a few tiny jobs at once.
 SIZE = "16m"

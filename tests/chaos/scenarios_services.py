@@ -26,6 +26,10 @@ from sqlalchemy import text
 
 from tests.chaos.audit import Audit
 from tests.chaos.harness import FINAL, POOL_NAMES, ChaosStack
+# The runner reads a scenario module's OVERRIDES: the same stack settings as the CI module.
+from tests.chaos.services_stack import OVERRIDES as STACK_OVERRIDES
+
+OVERRIDES = dict(STACK_OVERRIDES)
 
 #: How each service is taken down: Redis and Kafka are killed (-9; Redis keeps its
 #: append-only file the first time and loses it the second); PostgreSQL gets its fast
