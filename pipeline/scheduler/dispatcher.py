@@ -144,9 +144,12 @@ class Dispatcher:
                                                     self.dependency_wait_s)
             self._resume_at = nxt or _EPOCH
             owed = upkeep.owed_callbacks(conn, self.topic)
-            for task_id, priority in owed:
-                self.publish(task_id, priority, "callback")
             metrics.BACKLOG.labels(self.topic).set(pick.backlog(conn, self.topic))
+        # Published once the finals that owe them are durable: a callback sent before the
+        # commit could outlive a rollback (a process killed in between) and reach a job that
+        # never ended. One lost after the commit is re-sent by the reconciler (owed callbacks).
+        for task_id, priority in owed:
+            self.publish(task_id, priority, "callback")
         with self.db.connect() as conn:
             self.gauges.refresh(conn)
         metrics.EXPIRED.labels(self.topic).inc(len(expired))
