@@ -59,10 +59,20 @@ def _config() -> dict[str, str]:
     return dict(_one("ConfigMap", "sonic-pipeline-config")["data"])
 
 
+def _secret_keys() -> list[str]:
+    """The keys ops/k8s/README.md tells operators to put in the Secret (never in a file)."""
+    text_ = (K8S / "README.md").read_text()
+    return re.findall(r"--from-literal=(SONIC_[A-Z0-9_]+)=", text_)
+
+
 def _effective(container: dict[str, Any]) -> Settings:
-    """The settings a container runs with: defaults, the ConfigMap, then its own env."""
-    values = {**_config(), **{e["name"]: e["value"] for e in container.get("env", [])
-                              if "value" in e}}
+    """The settings a container runs with: defaults, the ConfigMap, the Secret's keys (as
+    placeholders) when the container reads it through envFrom, then its own env."""
+    secret: dict[str, str] = {}
+    if any("secretRef" in ref for ref in container.get("envFrom", [])):
+        secret = {key: "from-the-secret" for key in _secret_keys()}
+    values = {**_config(), **secret, **{e["name"]: e["value"] for e in container.get("env", [])
+                                        if "value" in e}}
     return Settings(**{name[len("SONIC_"):].lower(): value for name, value in values.items()})
 
 
