@@ -5,7 +5,6 @@ the list, and a screenshot of the finished job written and checked as a PNG."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 
 from tests.support.http_stack import FAST, TOKENS, HttpStack
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,13 +42,8 @@ def browser() -> Iterator[WebDriver]:
 
 
 def wait(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """See :func:`tests.support.waiting.wait_for`."""
+    return wait_for(predicate, timeout, what, every)
 
 
 def text_of(browser: WebDriver, selector: str) -> str:

@@ -58,8 +58,10 @@ from ops.services.redis import Redis
 from pipeline.settings import Settings, load
 from pipeline.state.db import make_db_engine
 from tests.support.kafka_broker import PrivateKafka
+from tests.support.pools import env_of
 from tests.support.receiver import CallbackReceiver
 from tests.support.server import free_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
@@ -75,17 +77,6 @@ RESTART_S = 1.0
 STALLED_AFTER_S = 8
 #: The shared MinIO of the local stack (the only shared service a scenario touches).
 SHARED = load()
-
-
-def _env(overrides: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SONIC_")}
-    for key, value in overrides.items():
-        if isinstance(value, (list, tuple)):
-            value = ",".join(map(str, value))
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"SONIC_{key.upper()}"] = str(value)
-    return env
 
 
 def free_block(count: int, low: int = 30000, high: int = 32000) -> int:
@@ -235,7 +226,7 @@ class ChaosStack:
         self.kafka = PrivateKafka(SHARED, self.root / "kafka")
         self.overrides["kafka_bootstrap"] = f"127.0.0.1:{self.kafka.port}"
         self.settings: Settings = load(**self.overrides)
-        self.env = _env(self.overrides)
+        self.env = env_of(self.overrides)
         self.receiver = CallbackReceiver(SECRET)
         self.procs: dict[str, Proc] = {}
         self.services: dict[str, ServiceHandle] = {}
@@ -650,13 +641,8 @@ class ChaosStack:
 
     def wait_until(self, predicate: Callable[[], Any], timeout_s: float, what: str,
                    interval_s: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval_s)
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        """See :func:`tests.support.waiting.wait_for` (with this stack's logs)."""
+        return wait_for(predicate, timeout_s, what, interval_s, self.logs)
 
     def wait_settled(self, ids: list[str], timeout_s: float = 180) -> float:
         """Until every job of ``ids`` is final with its callback settled; returns the

@@ -30,6 +30,7 @@ from sqlalchemy import text
 
 from tests.e2e.conftest import Stack
 from tests.support.server import free_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
@@ -171,19 +172,8 @@ class Flow:
 
     def wait(self, predicate: Callable[[], Any], timeout_s: float, what: str,
              interval_s: float = 0.05) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval_s)
-        tails = []
-        for log in sorted(self.logs.glob("*.log")):
-            lines = [line for line in log.read_text(errors="replace").splitlines()
-                     if " kafka." not in line]
-            tails.append(f"--- {log.name} ---\n" + "\n".join(lines[-40:]))
-        raise AssertionError("\n".join([f"timed out after {timeout_s}s waiting for {what}",
-                                        *tails]))
+        """See :func:`tests.support.waiting.wait_for` (with this flow's logs)."""
+        return wait_for(predicate, timeout_s, what, interval_s, self.logs)
 
 
 def make_flow(stack: Stack, logs: Path, **settings: Any) -> Flow:

@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pipeline.commands import worker_argv
 from pipeline.settings import STAGES, Settings, load
 from tests.pipeline.media.helpers import PORTRAIT, speak
 from tests.support import pools
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("completed", "failed", "rejected", "cancelled", "expired")
@@ -50,25 +50,6 @@ STEP_S = 0.05
 def hold_s(inference_steps: int) -> float:
     """Seconds the gpu stage holds the gpu for a job of ``inference_steps``."""
     return inference_steps * STEP_S
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
-             interval_s: float = 0.1, logs: Path | None = None) -> Any:
-    """Poll ``predicate`` until it returns something true (returned); on timeout raise
-    AssertionError with the tails of the logs under ``logs``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    tails = []
-    for log in sorted(logs.glob("*.log")) if logs else []:
-        lines = [line for line in log.read_text(errors="replace").splitlines()
-                 if " kafka." not in line]
-        tails.append(f"--- {log.name} ---\n" + "\n".join(lines[-40:]))
-    raise AssertionError("\n".join([f"timed out after {timeout_s}s waiting for {what}",
-                                    *tails]))
 
 
 @dataclass
