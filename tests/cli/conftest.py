@@ -55,6 +55,9 @@ def run_pty(argv: list[str], env: dict[str, str], timeout_s: float = 180,
     if pid == 0:  # the child: the pty is its controlling terminal
         try:
             os.chdir(ROOT)
+            # Ctrl-C must reach it as at a shell prompt, even when this run inherited an
+            # ignored SIGINT (a job started in the background): exec keeps SIG_IGN.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execve(argv[0], argv, env)
         finally:
             os._exit(127)
