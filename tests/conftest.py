@@ -59,3 +59,14 @@ def db_engine(stack: Settings) -> Iterator[Engine]:
 def unique() -> str:
     """A short unique suffix for topics, queues, task ids and databases."""
     return uuid.uuid4().hex[:10]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``chaos`` tests (long versions of suite scenarios) run only when the marker
+    expression asks for them (``make chaos``: ``-m chaos``); other runs deselect them."""
+    if "chaos" in (config.getoption("markexpr") or ""):
+        return
+    chaos = [item for item in items if item.get_closest_marker("chaos")]
+    if chaos:
+        config.hook.pytest_deselected(items=chaos)
+        items[:] = [item for item in items if not item.get_closest_marker("chaos")]

@@ -18,9 +18,15 @@ from tests.support.server import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
+@pytest.mark.parametrize("total", [
+    4000,
+    # The first figure, twice the jobs and the time: `make chaos` runs it, not `make test`
+    # (the chaos suite's kill-bridge-admission scenario kills a bridge in CI too).
+    pytest.param(8000, id="8000", marks=pytest.mark.chaos),
+])
+def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case, total: int) -> None:
     case: Case = make_case(partitions=8)
-    ids = [f"{case.prefix}-{i:05d}" for i in range(8000)]
+    ids = [f"{case.prefix}-{i:05d}" for i in range(total)]
     case.produce(case.jobs(ids))
     rng = random.Random()
     # Static membership: a restarted bridge takes its place in the group at once. Small
@@ -28,8 +34,8 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     overrides = (f"kafka_group_instance_id={case.prefix}", "reconcile_interval_s=1",
                  "bridge_batch_max=200")
     kills = 0
-    while kills < 6 and case.count() < 6500:
-        threshold = case.count() + rng.randint(1, 400)
+    while kills < 6 and case.count() < total * 0.8:
+        threshold = case.count() + rng.randint(1, total // 20)
         bridge = case.bridge("bridge", *overrides)
         case.wait(lambda: case.count() >= threshold or bridge.poll() is not None, 90,
                  f"admission past {threshold}", interval_s=0.01)
@@ -42,11 +48,11 @@ def test_kill_9_mid_admission_admits_every_job_exactly_once(make_case) -> None:
     bridge = case.bridge("bridge", *overrides)
     # Everything admitted once, and dispatched: what a kill left runnable goes out with
     # the next bridge's dispatcher.
-    case.wait(lambda: case.count("queued") == 8000 and case.lag() == 0, 120,
+    case.wait(lambda: case.count("queued") == total and case.lag() == 0, 120,
              "every job admitted and queued")
     assert case.stop(bridge) == 0
-    assert case.count() == 8000
-    assert sum(case.events("admitted").values()) == 8000  # admitted exactly once each
+    assert case.count() == total
+    assert sum(case.events("admitted").values()) == total  # admitted exactly once each
     chains = case.chains()
     assert set(chains) == set(ids)  # none lost
     # A kill between a pick's publish and its commit sends that job's chain again (at

@@ -216,14 +216,3 @@ def sched(stack: Settings, db_engine: Engine, tmp_path_factory: pytest.TempPathF
 
     with pools.lease("tests/e2e scheduling", stack) as lease:
         yield from start_sched(stack, db_engine, tmp_path_factory.mktemp("sched"), lease)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``chaos`` tests (long versions of suite scenarios) run only when the marker
-    expression asks for them (``make chaos``: ``-m chaos``); other runs deselect them."""
-    if "chaos" in (config.getoption("markexpr") or ""):
-        return
-    chaos = [item for item in items if item.get_closest_marker("chaos")]
-    if chaos:
-        config.hook.pytest_deselected(items=chaos)
-        items[:] = [item for item in items if not item.get_closest_marker("chaos")]

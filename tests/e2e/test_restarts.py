@@ -28,7 +28,10 @@ from tests.e2e.test_recovery import _objects
 from tests.support import pools
 from tests.support.server import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The suite's short version is the chaos suite's redis-restart-x2 (tests/chaos: Redis
+# killed twice under a run, the second time losing its append-only file, audited); this
+# one, under the supervisor of `worker --pool all`, runs with `make chaos`.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.chaos]
 
 #: Jobs in flight when Redis goes away: queued, running and between stages.
 JOBS = 6
