@@ -35,7 +35,7 @@ from bridge.rawfetch import RawFetcher
 from bridge.services import kafka, postgres, redis_client
 from bridge.signals import Shutdown
 from bridge.undecodable import UndecodableStep
-from pipeline import chains, reconcile
+from pipeline import celery_pin, chains, reconcile
 from pipeline.epoch import RedisEpoch
 from pipeline.scheduler.dispatcher import Dispatcher, Publish
 from pipeline.scheduler.pick import backlog
@@ -91,6 +91,7 @@ def run(settings: Settings) -> int:
 def _assemble(settings: Settings, shutdown: Shutdown) -> Iterator[Loop]:
     topic = settings.topic_tasks
     kafka_pin.check_client()  # consumer.py and rawfetch.py rely on its internals
+    celery_pin.check()  # the dispatcher's chain message (pipeline/chains.py)
     bootstrap_ms = int(settings.kafka_bootstrap_timeout_s * 1000)
     with ExitStack() as stack:
         db_engine = postgres(settings)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from celery import Celery
 
-from pipeline import worker_hooks
+from pipeline import celery_pin, worker_hooks
 from pipeline.celery_config import celery_config
 from pipeline.settings import load
 
+celery_pin.check()  # the chain message the stages publish (see pipeline/celery_pin.py)
 settings = load()
 
 app = Celery("pipeline")

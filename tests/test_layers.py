@@ -21,8 +21,8 @@ import its own group and the groups listed for it, nothing else of ours.
               pipeline.webhooks, pipeline.housekeeping,
               pipeline.reconcile, pipeline.epoch,
               pipeline.supervise, pipeline.chains,
-              pipeline.celery_config, pipeline.scheduler,
-              pipeline.status
+              pipeline.celery_config, pipeline.celery_pin,
+              pipeline.scheduler, pipeline.status
     inputs    pipeline.inputs                                 base, storage
     media     pipeline.media                                  base
     storage   pipeline.storage                                base
@@ -65,7 +65,8 @@ GROUPS: dict[str, str] = {
     "pipeline.engines": "domain", "pipeline.jobs": "domain", "pipeline.webhooks": "domain",
     "pipeline.housekeeping": "domain", "pipeline.reconcile": "domain",
     "pipeline.epoch": "domain", "pipeline.supervise": "domain", "pipeline.chains": "domain",
-    "pipeline.celery_config": "domain", "pipeline.scheduler": "domain",
+    "pipeline.celery_config": "domain", "pipeline.celery_pin": "domain",
+    "pipeline.scheduler": "domain",
     "pipeline.status": "domain",
     "pipeline.inputs": "inputs", "pipeline.media": "media", "pipeline.storage": "storage",
     "pipeline.state": "state",
