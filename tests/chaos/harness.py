@@ -39,7 +39,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from ops.services.redis import Redis
 from pipeline.settings import Settings, load
 from pipeline.state.db import make_db_engine
 from tests.support.kafka_broker import PrivateKafka
-from tests.support.pools import env_of
+from tests.support import pools
 from tests.support.receiver import CallbackReceiver
 from tests.support.server import free_port
 from tests.support.waiting import wait_for
@@ -85,18 +84,8 @@ def free_block(count: int, low: int = 30000, high: int = 32000) -> int:
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(low, high - count)
-        try:
-            socks = []
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
+        if pools.bindable(base, count):
             return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
     raise RuntimeError(f"no {count} free consecutive ports in {low}-{high}")
 
 
@@ -226,7 +215,7 @@ class ChaosStack:
         self.kafka = PrivateKafka(SHARED, self.root / "kafka")
         self.overrides["kafka_bootstrap"] = f"127.0.0.1:{self.kafka.port}"
         self.settings: Settings = load(**self.overrides)
-        self.env = env_of(self.overrides)
+        self.env = pools.env_of(self.overrides)
         self.receiver = CallbackReceiver(SECRET)
         self.procs: dict[str, Proc] = {}
         self.services: dict[str, ServiceHandle] = {}

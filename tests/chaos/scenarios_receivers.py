@@ -21,13 +21,11 @@ from typing import Any
 
 from sqlalchemy import text
 
-from pipeline.webhooks import SignatureError, verify
 from tests.chaos.audit import audit as audit_of
 from tests.chaos.harness import SECRET, ChaosStack
 from tests.chaos.scenarios_services import Outcome
 from tests.chaos.services_stack import OVERRIDES as STACK_OVERRIDES
-from tests.support.receiver import CallbackReceiver, Received
-from tests.support.server import QuietHandler
+from tests.support.receiver import CallbackReceiver, Received, SignedHandler
 
 MODES = ("hang", "trickle", "error")
 #: Seconds a trickling receiver waits between two bytes of its answer.
@@ -39,16 +37,10 @@ CI_JOBS = 8
 LONG_JOBS = 40
 
 
-class _Handler(QuietHandler):
+class _Handler(SignedHandler):
     def do_POST(self) -> None:  # noqa: N802
         owner: FaultyReceiver = self.owner()
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            payload, error = verify(owner.secret, headers, body), None
-        except (SignatureError, ValueError) as exc:
-            payload, error = None, str(exc)
-        faulty = owner.arrived(Received(self.path, headers, body, payload, error))
+        faulty = owner.arrived(self.read_signed())
         try:
             if not faulty:
                 self._answer(200)

@@ -74,7 +74,7 @@ def take_redis_db(owner: str) -> int:
 def take_metrics_ports(owner: str) -> int:
     """The first of :data:`METRICS_BLOCK` consecutive ports, free now and not leased."""
     for base in METRICS_PORTS:
-        if base not in _ports and _bindable(base, METRICS_BLOCK):
+        if base not in _ports and bindable(base, METRICS_BLOCK):
             _ports[base] = owner
             return base
     raise AssertionError(f"no metrics ports left for {owner}: held by {_ports}")
@@ -115,7 +115,8 @@ def flush(settings: Any, db: int) -> None:
         client.close()
 
 
-def _bindable(base: int, count: int) -> bool:
+def bindable(base: int, count: int) -> bool:
+    """Whether loopback ports ``base`` .. ``base + count - 1`` can all be bound now."""
     socks = []
     try:
         for port in range(base, base + count):

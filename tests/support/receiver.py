@@ -40,16 +40,24 @@ class Received:
         return self.error is None
 
 
-class _Handler(QuietHandler):
-    def do_POST(self) -> None:  # noqa: N802
-        owner: CallbackReceiver = self.owner()
+class SignedHandler(QuietHandler):
+    """Reads a callback request and checks its signature against the owner's secret."""
+
+    def read_signed(self) -> Received:
+        """The request as :class:`Received` (``error``: why its signature failed)."""
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
-            payload, error = verify(owner.secret, headers, body), None
+            payload, error = verify(self.owner().secret, headers, body), None
         except (SignatureError, ValueError) as exc:
             payload, error = None, str(exc)
-        reply = owner.record(Received(self.path, headers, body, payload, error))
+        return Received(self.path, headers, body, payload, error)
+
+
+class _Handler(SignedHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        owner: CallbackReceiver = self.owner()
+        reply = owner.record(self.read_signed())
         if reply.delay:
             time.sleep(reply.delay)
         try:
