@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     pg_password: SecretStr = SecretStr("sonic")
     pg_database: str = "sonic"
     pg_pool_size: int = 5
+    #: A pooled connection idle this long (seconds) or longer is pinged before use;
+    #: 0 pings at every checkout (see :mod:`pipeline.state.db`).
+    pg_ping_idle_s: float = Field(default=1.0, ge=0)
 
     # --- Celery ---------------------------------------------------------------------------
     #: Soft/hard time limits per stage, seconds (the gpu stage gets the long ones).

@@ -30,7 +30,8 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from pipeline.settings import STAGES
-from pipeline.state import journal, wake
+from pipeline.state import wake
+from pipeline.state.db import single_statements
 from pipeline.state.status import RANK, Status, rank_case
 
 #: SQL giving a stage's position in the chain (unknown -> -1).
@@ -62,7 +63,7 @@ class Lease:
     row: dict[str, Any]
 
 
-_ACQUIRE = text(f"""
+_ACQUIRE_SQL = f"""
 UPDATE tasks SET
     lease_owner = :owner, lease_stage = :stage,
     lease_expires_at = now() + make_interval(secs => :ttl), heartbeat_at = now(),
@@ -88,6 +89,21 @@ WHERE task_id = :task_id
   -- A job past its deadline never starts (the dispatcher expires it); one under way goes on.
   AND NOT (:stage = 'preprocess' AND started_at IS NULL AND coalesce(deadline < now(), false))
 RETURNING *
+"""
+
+_ACQUIRE = text(_ACQUIRE_SQL)
+
+#: The claim and its ``started`` event in one statement (one round trip, run on its own:
+#: a single statement is atomic). The status trigger of the tasks row fires before the
+#: event's (the event is inserted from the claimed row), so ``running`` precedes the
+#: stage's ``started`` in the status events, as with two statements.
+_ACQUIRE_STARTED = text(f"""
+WITH claimed AS ({_ACQUIRE_SQL}),
+started AS (
+    INSERT INTO task_events (task_id, stage, event, worker, attempt)
+    SELECT task_id, :stage, 'started', :owner, attempts FROM claimed
+)
+SELECT * FROM claimed
 """)
 
 
@@ -96,14 +112,12 @@ def acquire(db_engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int,
     """Claim ``stage`` of ``task_id`` for ``owner``; a :class:`Lease` or why not.
 
     ``started``: record the stage's ``started`` event in the claim's transaction."""
-    with db_engine.begin() as conn:
-        row = conn.execute(_ACQUIRE, {"owner": owner, "stage": stage, "ttl": ttl_s,
-                                      "task_id": task_id}).mappings().first()
+    params = {"owner": owner, "stage": stage, "ttl": ttl_s, "task_id": task_id}
+    with single_statements(db_engine) as conn:
+        row = conn.execute(_ACQUIRE_STARTED if started else _ACQUIRE,
+                           params).mappings().first()
         if row is not None:
-            attempt = int(row["attempts"])
-            if started:
-                journal.append(conn, task_id, stage, "started", worker=owner, attempt=attempt)
-            return Lease(task_id, stage, owner, attempt, dict(row))
+            return Lease(task_id, stage, owner, int(row["attempts"]), dict(row))
         current = conn.execute(
             text("SELECT stage, status, lease_owner, lease_expires_at > now() AS live "
                  "FROM tasks WHERE task_id = :t"), {"t": task_id}).mappings().first()
@@ -156,18 +170,26 @@ def advance(db_engine: Engine, lease: Lease, next_stage: str | None, *,
     for name, value in fields.items():
         sets.append(f"{name} = :f_{name}")
         params[f"f_{name}"] = value
-    with db_engine.begin() as conn:
-        result = conn.execute(text(
-            f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = :t AND lease_owner = :owner"
-        ), params)
-        if result.rowcount != 1:
-            return False
-        if succeeded_s is not None:
-            journal.append(conn, lease.task_id, lease.stage, "succeeded", worker=lease.owner,
-                           attempt=lease.attempt, duration_s=succeeded_s)
-        if lease.stage == "gpu" or (status is not None and Status(status).final):
-            conn.execute(wake.NOTIFY_TOPIC, {"t": lease.task_id})
-    return True
+    params.update(stage=lease.stage, event_owner=lease.owner, attempt=lease.attempt,
+                  duration=succeeded_s, record=succeeded_s is not None,
+                  wake=lease.stage == "gpu" or (status is not None and Status(status).final))
+    # One statement (one round trip, atomic on its own): the move, its ``succeeded``
+    # event, and the dispatcher's wake when a window slot frees (sent at its commit).
+    with single_statements(db_engine) as conn:
+        row = conn.execute(text(f"""
+            WITH moved AS (
+                UPDATE tasks SET {', '.join(sets)} WHERE task_id = :t AND lease_owner = :owner
+                RETURNING task_id, kafka_topic
+            ), succeeded AS (
+                INSERT INTO task_events (task_id, stage, event, worker, attempt, duration_s)
+                SELECT task_id, :stage, 'succeeded', :event_owner, :attempt, :duration
+                FROM moved WHERE :record
+            )
+            SELECT task_id, CASE WHEN :wake THEN pg_notify('{wake.CHANNEL}', kafka_topic)::text
+                                 END AS woken
+            FROM moved
+        """), params).first()
+    return row is not None
 
 
 def release(db_engine: Engine, lease: Lease) -> bool:
