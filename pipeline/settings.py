@@ -259,6 +259,10 @@ class Settings(BaseSettings):
     #: Seconds published events stay in the outbox (Server-Sent Events resume from them);
     #: a job's newest event is always kept.
     status_retention_s: float = Field(24 * 3600.0, ge=0)
+    #: Seconds an event may wait for Kafka: older unpublished events of every topic (one
+    #: no bridge serves any more, or an outage longer than this) are dropped by any
+    #: relay's prune, counted in sonic_status_expired_total; a job's newest is kept.
+    status_unpublished_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
     #: Events the relay sends to Kafka per batch.
     status_relay_batch: int = Field(500, ge=1)
 

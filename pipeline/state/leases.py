@@ -15,7 +15,7 @@ its token on, so the retry takes its own lease back (without counting a new atte
 A stage whose next message could not be published leaves a :func:`hand_off`: an already
 expired lease on the next stage, which the reconciler re-dispatches at its next sweep.
 
-A hop costs two transactions: the claim with its ``started`` event, and the move to the
+A hop costs two statements, each its own transaction: the claim with its ``started`` event, and the move to the
 next stage with its ``succeeded`` event (each event commits with the change it tells). A
 move that frees a place in the dispatcher's window (the gpu stage done) or ends the job
 wakes the dispatcher (:mod:`pipeline.state.wake`).

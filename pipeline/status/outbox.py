@@ -6,6 +6,10 @@
     pending_count(conn, topic)
     prune(conn, topic, older_than_s)     published events past retention (a task's newest
                                          event is kept: its seq goes on, its status stays)
+    expire_unpublished(conn, older_than_s)   events of every topic that waited for Kafka
+                                         longer than that: dropped, a task's newest kept
+                                         (a topic no bridge serves any more, or an outage
+                                         of days, must not grow the table without bound)
     events_after(db_engine, task_id, after_id, limit)    a task's events after an id
     latest(db_engine, task_id)                           a task's newest event
 
@@ -40,6 +44,27 @@ DELETE FROM status_outbox o WHERE o.id IN (
     WHERE topic = :topic AND published_at IS NOT NULL
       AND published_at < now() - make_interval(secs => :older)
     ORDER BY published_at LIMIT :limit)
+  AND EXISTS (SELECT 1 FROM status_outbox n WHERE n.task_id = o.task_id AND n.id > o.id)""")
+
+#: Topics with unpublished events: a loose index scan of ``ix_status_outbox_pending`` (one
+#: probe per topic, however many events wait).
+_PENDING_TOPICS = text("""
+WITH RECURSIVE t(topic) AS (
+    (SELECT topic FROM status_outbox WHERE published_at IS NULL ORDER BY topic LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.topic FROM status_outbox o
+            WHERE o.published_at IS NULL AND o.topic > t.topic ORDER BY o.topic LIMIT 1)
+    FROM t WHERE t.topic IS NOT NULL)
+SELECT topic FROM t WHERE topic IS NOT NULL""")
+
+#: A topic's oldest ``limit`` unpublished events (ids follow creation), those created
+#: before the cut, a task's newest kept. Reads at most ``limit`` index entries.
+_EXPIRE = text("""
+DELETE FROM status_outbox o WHERE o.id IN (
+    SELECT id FROM (
+        SELECT id, created_at FROM status_outbox
+        WHERE topic = :topic AND published_at IS NULL ORDER BY id LIMIT :limit) p
+    WHERE p.created_at < now() - make_interval(secs => :older))
   AND EXISTS (SELECT 1 FROM status_outbox n WHERE n.task_id = o.task_id AND n.id > o.id)""")
 
 _AFTER = text("""
@@ -81,6 +106,20 @@ def prune(conn: Connection, topic: str, older_than_s: float, limit: int = 5000) 
     (never a task's newest); how many went."""
     return conn.execute(_PRUNE, {"topic": topic, "older": older_than_s,
                                  "limit": limit}).rowcount
+
+
+def expire_unpublished(conn: Connection, older_than_s: float,
+                       limit: int = 5000) -> dict[str, int]:
+    """Delete, in every topic, unpublished events created over ``older_than_s`` seconds
+    ago (up to ``limit`` examined per topic, oldest first; never a task's newest event).
+    Returns ``{topic: events deleted}`` for the topics that lost any."""
+    dropped: dict[str, int] = {}
+    for topic in conn.execute(_PENDING_TOPICS).scalars().all():
+        count = conn.execute(_EXPIRE, {"topic": topic, "older": older_than_s,
+                                       "limit": limit}).rowcount
+        if count:
+            dropped[topic] = count
+    return dropped
 
 
 def events_after(db_engine: Engine, task_id: str, after_id: int = 0,

@@ -8,7 +8,8 @@ task, and caches each task's latest status in Redis.
         second one ... (a task's next event leaves only once Kafka has the one before)
     mark published the events Kafka has
     Kafka down: back off (1 s doubling to 10 s), keep the cache current, try again
-    every minute: prune published events past retention
+    every minute: prune published events past retention, and drop events of any topic
+        that waited for Kafka past ``unpublished_max_age_s`` (a task's newest is kept)
 
 Nothing here blocks or fails a stage: the stages' transactions only insert outbox rows
 (the triggers of migration 0004). Delivery is at least once: an event whose ack was lost
@@ -74,10 +75,12 @@ class Relay:
     def __init__(self, db_engine: Engine, topic: str, publish: Publish,
                  cache: StatusCache | None = None, *, batch: int = 500, idle_s: float = 0.2,
                  retention_s: float = 86400.0, prune_s: float = 60.0,
-                 backoff_max_s: float = 10.0) -> None:
+                 backoff_max_s: float = 10.0,
+                 unpublished_max_age_s: float = 7 * 86400.0) -> None:
         self.db, self.topic, self.publish, self.cache = db_engine, topic, publish, cache
         self.batch, self.idle_s, self.retention_s = batch, idle_s, retention_s
         self.prune_s, self.backoff_max_s = prune_s, backoff_max_s
+        self.unpublished_max_age_s = unpublished_max_age_s
         self.key = f"sonic-status-relay:{topic}"
         self.lock = SessionLock(db_engine, self.key, on_take=self._taken,
                                 on_drop=lambda: metrics.ACTIVE.labels(self.topic).set(0))
@@ -174,6 +177,18 @@ class Relay:
                 pruned = outbox.prune(conn, self.topic, self.retention_s)
             if pruned:
                 log.info("status relay: pruned %d published events of %s", pruned, self.topic)
+            self.expire()
+
+    def expire(self) -> dict[str, int]:
+        """Drop events of any topic that waited for Kafka past ``unpublished_max_age_s``
+        (see :func:`pipeline.status.outbox.expire_unpublished`); counted and logged."""
+        with self.db.begin() as conn:
+            dropped = outbox.expire_unpublished(conn, self.unpublished_max_age_s)
+        for topic, count in dropped.items():
+            metrics.EXPIRED.labels(topic).inc(count)
+            log.warning("status relay: dropped %d events of %s unpublished for over %.0f s",
+                        count, topic, self.unpublished_max_age_s)
+        return dropped
 
     def _wait(self, stop: threading.Event, why: str) -> None:
         self._backoff = min(self.backoff_max_s, max(1.0, self._backoff * 2))
@@ -192,6 +207,7 @@ def build(settings: Settings, db_engine: Engine, client: redis.Redis | None,
     cache = StatusCache(client, settings.status_cache_ttl_s) if client is not None else None
     relay = Relay(db_engine, topic or settings.topic_tasks, sink.publish, cache,
                   batch=settings.status_relay_batch, retention_s=settings.status_retention_s,
+                  unpublished_max_age_s=settings.status_unpublished_max_age_s,
                   **options)  # type: ignore[arg-type]
     return relay, sink
 

@@ -231,3 +231,41 @@ def test_prune_keeps_each_tasks_newest_event_and_its_numbering(
     assert [(r["event"], r["seq"]) for r in jobs.outbox(fresh)] == [("admitted", 1)]
     assert latest_status(db_engine, old)["status"] == "cancelled"
     assert latest_status(db_engine, f"missing-{unique}") is None
+
+
+def test_events_left_unpublished_past_the_limit_are_dropped_from_every_topic(
+        jobs: Jobs, db_engine: Engine, unique: str) -> None:
+    """A topic no bridge serves any more: another topic's relay drops its events that
+    waited past the limit (a task's newest kept), counts them, and leaves fresh and
+    published events alone."""
+    from prometheus_client import REGISTRY
+
+    from pipeline.status.relay import Relay
+
+    gone = Jobs(db_engine, f"status-gone-{unique}")
+    cancelled, admitted, fresh, sent = (f"{n}-{unique}" for n in ("c", "a", "f", "s"))
+    gone.admit(cancelled, admitted, fresh, sent)
+    cancel.cancel(db_engine, [cancelled, sent])
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE status_outbox SET created_at = now() - interval '8 days' "
+                          "WHERE task_id = ANY(:t)"), {"t": [cancelled, admitted, sent]})
+        conn.execute(text("UPDATE status_outbox SET published_at = now() - interval '8 days' "
+                          "WHERE task_id = :t"), {"t": sent})
+    jobs.admit(f"live-{unique}")
+    relay = Relay(db_engine, jobs.topic, lambda events: [True] * len(events),
+                  unpublished_max_age_s=7 * 86400)
+
+    def expired() -> float:
+        return REGISTRY.get_sample_value("sonic_status_expired_total",
+                                         {"topic": gone.topic}) or 0.0
+
+    before = expired()
+    dropped = relay.expire()
+    assert dropped.get(gone.topic) == 1 and jobs.topic not in dropped
+    assert expired() - before == 1
+    assert [(r["event"], r["seq"]) for r in gone.outbox(cancelled)] == [("cancelled", 2)]
+    assert [(r["event"], r["seq"]) for r in gone.outbox(admitted)] == [("admitted", 1)]
+    assert [(r["event"], r["seq"]) for r in gone.outbox(fresh)] == [("admitted", 1)]
+    assert [r["event"] for r in gone.outbox(sent)] == ["admitted", "cancelled"]
+    assert relay.expire().get(gone.topic) is None  # nothing left to drop
+    assert latest_status(db_engine, cancelled)["status"] == "cancelled"
