@@ -43,17 +43,13 @@ from bridge.services import kafka
 from pipeline.errors import InvalidMessage
 from pipeline.job_ids import is_task_id, strip_bom
 from pipeline.scheduler import metrics
-from pipeline.scheduler.cancel import cancel_ahead
+from pipeline.scheduler.cancel import DEFAULT_REASON, cancel_ahead, reason_kept
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Commands the control topic understands.
 COMMANDS = ("cancel",)
-#: The reason recorded when a cancel names none.
-DEFAULT_REASON = "cancelled by request"
-#: Longest reason kept (characters).
-REASON_MAX = 500
 
 
 @dataclass
@@ -119,7 +115,7 @@ def parse(record: ConsumerRecord, max_bytes: int) -> Command | InvalidMessage:
         reason = DEFAULT_REASON
     if not isinstance(reason, str):
         return InvalidMessage("'reason' must be a string", code="message.wrong_type", **where)
-    return Command(command, list(dict.fromkeys(ids)), reason[:REASON_MAX] or DEFAULT_REASON)
+    return Command(command, list(dict.fromkeys(ids)), reason_kept(reason))
 
 
 def apply_cancel(db_engine: Engine, topic: str, task_ids: list[str],

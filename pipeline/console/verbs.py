@@ -266,7 +266,8 @@ def _short(url: str | None, keep: int = 60) -> str:
 # --- cancel, retry ------------------------------------------------------------------------------
 @click.command(cls=Command)
 @click.argument("task_ids", nargs=-1, required=True, metavar="TASK_ID...")
-@click.option("--reason", default="cancelled by request", show_default=True)
+@click.option("--reason", default="cancelled by request", show_default=True,
+              help="recorded with the job (cut to 500 characters, as from the control topic)")
 @click.pass_obj
 def cancel(settings: Settings, task_ids: tuple[str, ...], reason: str) -> int:
     """Cancel jobs in any state, as the control topic does (final ones are left as they
@@ -274,7 +275,7 @@ def cancel(settings: Settings, task_ids: tuple[str, ...], reason: str) -> int:
     runs); prints {task_id: outcome} as JSON. Exit 2 for a malformed id (nothing is
     cancelled)."""
     from pipeline.job_ids import is_task_id
-    from pipeline.scheduler.cancel import cancel_ahead
+    from pipeline.scheduler.cancel import REASON_MAX, cancel_ahead
 
     bad = [t for t in task_ids if not is_task_id(t)]
     if bad:
@@ -282,6 +283,9 @@ def cancel(settings: Settings, task_ids: tuple[str, ...], reason: str) -> int:
                    "ASCII letters, digits and ._:-, not starting with '.'); nothing was "
                    "cancelled", err=True)
         return EXIT_USAGE
+    if len(reason) > REASON_MAX:
+        click.echo(f"{PROG}: the reason is cut to its first {REASON_MAX} characters "
+                   f"(it has {len(reason)})", err=True)
     with database(settings) as engine:
         outcomes = cancel_ahead(engine, settings.topic_tasks, task_ids, reason)
     print(json.dumps(outcomes, indent=2))

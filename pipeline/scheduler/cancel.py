@@ -60,12 +60,25 @@ SELECT task_id FROM new""")
 BEFORE_ADMISSION = "cancelled_before_admission"
 
 
+#: The reason recorded when a cancel names none.
+DEFAULT_REASON = "cancelled by request"
+#: Longest reason kept (characters): longer ones are cut, whoever sent them (the control
+#: topic, the CLI), before they reach the row, the events and the callback.
+REASON_MAX = 500
+
+
+def reason_kept(reason: str | None) -> str:
+    """``reason`` as recorded: cut to :data:`REASON_MAX` characters, empty -> default."""
+    return (reason or "")[:REASON_MAX] or DEFAULT_REASON
+
+
 def cancel(db_engine: Engine, task_ids: Sequence[str],
-           reason: str = "cancelled by request") -> dict[str, str]:
+           reason: str = DEFAULT_REASON) -> dict[str, str]:
     """Cancel ``task_ids``; for each id one of ``cancelled``, ``cancelled_running`` (its
     running stage stops at its next check), ``already final: <status>`` or ``unknown``.
-    Raises the driver's errors."""
+    ``reason`` is kept as :func:`reason_kept` says. Raises the driver's errors."""
     ids = list(dict.fromkeys(task_ids))
+    reason = reason_kept(reason)
     with db_engine.begin() as conn:
         done = {r.task_id: r.running for r in conn.execute(_CANCEL, {"ids": ids,
                                                                       "reason": reason})}
@@ -84,10 +97,11 @@ def cancel(db_engine: Engine, task_ids: Sequence[str],
 
 
 def cancel_ahead(db_engine: Engine, topic: str, task_ids: Sequence[str],
-                 reason: str = "cancelled by request") -> dict[str, str]:
+                 reason: str = DEFAULT_REASON) -> dict[str, str]:
     """:func:`cancel`, and a tombstone in ``topic`` for each id not admitted yet (module
     docstring), answered ``cancelled_before_admission``. The ids must be valid task ids
     (:func:`pipeline.job_ids.is_task_id`): the caller checks. Raises the driver's errors."""
+    reason = reason_kept(reason)
     out = cancel(db_engine, task_ids, reason)
     unknown = [t for t, outcome in out.items() if outcome == "unknown"]
     if unknown:

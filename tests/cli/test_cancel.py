@@ -81,3 +81,14 @@ def test_cancel_before_the_message_comes_and_of_final_jobs(
     assert (rows[ahead[3]]["kafka_offset"], rows[ahead[3]]["callback_status"]) == (None, "none")
     assert {t: rows[t]["status"] for t in final} == final
     assert set(case.chains()) == {runs}  # only the job never cancelled was dispatched
+
+
+def test_a_reason_over_500_characters_is_cut_and_the_user_told(
+        make_case: Callable[..., Case], db_engine: Engine) -> None:
+    case = make_case(partitions=1)
+    task_id = f"{case.prefix}-long"
+    proc = cli(case, task_id, "--reason", "x" * 600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {task_id: "cancelled_before_admission"}
+    assert "the reason is cut to its first 500 characters (it has 600)" in proc.stderr
+    assert case.rows()[task_id]["error_message"] == "x" * 500

@@ -158,6 +158,25 @@ def test_cancel_in_each_state(jobs: Jobs) -> None:
     assert jobs.status(f"{t}-done") == "completed"
 
 
+@pytest.mark.parametrize("length", [0, 1, 499, 500, 501, 20_000])
+def test_a_cancel_reason_is_kept_to_500_characters_admitted_or_ahead(jobs: Jobs,
+                                                                     length: int) -> None:
+    """Whoever cancels (control topic, CLI): the row, its event and the tombstone of an
+    id not admitted yet keep at most 500 characters; an empty reason is the default."""
+    t = jobs.topic
+    jobs.admit({"task_id": f"{t}-in"})
+    reason = ("why " * 5001)[:length]
+    kept = reason[:500] or cancelling.DEFAULT_REASON
+    out = cancelling.cancel_ahead(jobs.db, t, [f"{t}-in", f"{t}-ahead"], reason)
+    assert out == {f"{t}-in": "cancelled", f"{t}-ahead": "cancelled_before_admission"}
+    for task_id in (f"{t}-in", f"{t}-ahead"):
+        assert jobs.row(task_id)["error_message"] == kept
+    with jobs.db.connect() as conn:
+        detail = conn.execute(text("SELECT detail FROM task_events WHERE task_id = :t AND "
+                                   "event = 'cancelled'"), {"t": f"{t}-in"}).scalar_one()
+    assert detail["reason"] == kept
+
+
 def test_the_trigger_counts_match_the_rows(jobs: Jobs) -> None:
     t = jobs.topic
     jobs.admit(*({"task_id": f"{t}-{i:02d}", "tenant": f"t{i % 3}",
