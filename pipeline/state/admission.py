@@ -57,12 +57,15 @@ _COPY = f"COPY admission_rows ({_COLUMNS}) FROM STDIN"
 #: bucket of its keys (``KEY_BUCKETS`` buckets, in bucket order, so two batches never
 #: deadlock): the second batch inserts after the first commits, later in ``seq``, and sees
 #: its job. A bucket bounds the locks one batch holds; keys sharing one only serialize
-#: the batches that carry them.
+#: the batches that carry them. A key orders the jobs of its own topic (migration 0011),
+#: so the bucket hashes the topic with the key: one key on two topics never makes their
+#: batches wait for each other.
 KEY_BUCKETS = 256
 KEY_LOCK_SPACE = 0x534B  # the advisory lock space of admission's key buckets
 _LOCK_KEYS = f"""
 SELECT count(pg_advisory_xact_lock({KEY_LOCK_SPACE}, b)) FROM (
-    SELECT DISTINCT hashtext(ordering_key) & {KEY_BUCKETS - 1} AS b FROM admission_rows
+    SELECT DISTINCT hashtext(kafka_topic || '/' || ordering_key) & {KEY_BUCKETS - 1} AS b
+    FROM admission_rows
     WHERE ordering_key IS NOT NULL ORDER BY b) AS buckets"""
 
 _INSERT_TASKS = f"""

@@ -312,3 +312,61 @@ def test_two_bridges_admitting_one_key_at_once_keep_its_order(
         with db_engine.begin() as conn:
             conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
             conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
+
+
+def test_one_key_on_two_topics_never_makes_their_batches_wait(db_engine: Engine,
+                                                              unique: str) -> None:
+    """A key orders its own topic's jobs: a batch of topic B admits while a batch of
+    topic A with the same key is uncommitted, and neither job waits for the other."""
+    import threading
+
+    from pipeline.state.admission import KEY_BUCKETS
+
+    key = f"shared-{unique}"
+    topic_a = f"adm-topic-a-{unique}"
+
+    def bucket(topic: str) -> int:
+        with db_engine.connect() as conn:
+            return int(conn.execute(text("SELECT hashtext(:t || '/' || :k) & :m"), {
+                "t": topic, "k": key, "m": KEY_BUCKETS - 1}).scalar_one())
+
+    # the other topic's name is picked so that its bucket differs (else they would share
+    # a lock by chance, 1 in KEY_BUCKETS, and the test would say nothing)
+    topic_b = next(t for t in (f"adm-topic-b{i}-{unique}" for i in range(50))
+                   if bucket(t) != bucket(topic_a))
+
+    def rows(topic: str) -> list[tuple[Any, ...]]:
+        values = {"task_id": f"{topic}.j", "kafka_topic": topic, "kafka_partition": 0,
+                  "kafka_offset": 0, "ordering_key": key, "priority": 5, "depends_on": [],
+                  "payload": json.dumps({"task_id": f"{topic}.j"}), "config": "{}"}
+        return [tuple(values.get(column) for column in TASK_COLUMNS)]
+
+    one, two = db_engine.raw_connection(), db_engine.raw_connection()
+    try:
+        done = admit(one.cursor(), rows(topic_a))  # not committed yet
+        hold(one.cursor(), done.to_hold)
+        finished = threading.Event()
+
+        def other_topic() -> None:
+            cur = two.cursor()
+            hold(cur, admit(cur, rows(topic_b)).to_hold)
+            two.commit()
+            finished.set()
+
+        thread = threading.Thread(target=other_topic, daemon=True)
+        thread.start()
+        assert finished.wait(10), "topic B's batch waited for topic A's"
+        one.commit()
+        thread.join(10)
+        with db_engine.begin() as conn:
+            status = dict(conn.execute(text(
+                "SELECT task_id, status FROM tasks WHERE kafka_topic IN (:a, :b)"),
+                {"a": topic_a, "b": topic_b}).all())
+        assert status == {f"{topic_a}.j": "received", f"{topic_b}.j": "received"}
+    finally:
+        one.close()
+        two.close()
+        with db_engine.begin() as conn:
+            for topic in (topic_a, topic_b):
+                conn.execute(text("DELETE FROM tasks WHERE kafka_topic = :t"), {"t": topic})
+                conn.execute(text("DELETE FROM tenants WHERE topic = :t"), {"t": topic})
