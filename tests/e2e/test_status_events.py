@@ -117,8 +117,11 @@ def test_kafka_stopped_mid_run_stages_complete_and_every_event_arrives_in_order(
         # Given a run whose events reach Kafka live ...
         _wait("events published live", lambda: all(
             (client.get(f"sonic:status:{t}") or b"") for t in ids), 30)
-        stack.wait_stage(ids[0], "gpu")
-        # ... when Kafka dies in the middle of it,
+        # ... when Kafka dies in the middle of it (two more jobs, killed once one of them
+        # runs: a job takes a few seconds here, the first two may be done already),
+        ids += [stack.submit(f"status-{i}-{unique}") for i in range(2, 4)]
+        _wait("a job of the second pair running", lambda: any(
+            stack.row(t)["status"] == "running" for t in ids[2:]), 30)
         private_kafka.kill()
         down_at = time.monotonic()
         rows, most = {}, 0
