@@ -18,7 +18,8 @@ callback is owed to the URL it names (:mod:`pipeline.state.admission`). The tomb
 written with ``ON CONFLICT DO NOTHING`` after the cancel; an admission that commits in
 between is caught by cancelling again, so the cancel wins whichever arrives first.
 
-Cancellation is a row in PostgreSQL: it survives the restart of any process.
+Cancellation is a row in PostgreSQL: it survives the restart of any process. A cancel
+that ends jobs wakes their topics' dispatchers at its commit (a window slot, a key freed).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, text
 
+from pipeline.state import wake
+
 _CANCEL = text("""
 UPDATE tasks SET status = 'cancelled', error_code = 'task.cancelled',
     error_message = :reason, finished_at = now(), updated_at = now()
 WHERE task_id = ANY(:ids)
   AND status NOT IN ('completed', 'failed', 'rejected', 'cancelled', 'expired')
-RETURNING task_id, lease_owner IS NOT NULL AS running""")
+RETURNING task_id, lease_owner IS NOT NULL AS running, kafka_topic""")
 
 _EVENT = text("""
 INSERT INTO task_events (task_id, stage, event, detail)
@@ -80,10 +83,14 @@ def cancel(db_engine: Engine, task_ids: Sequence[str],
     ids = list(dict.fromkeys(task_ids))
     reason = reason_kept(reason)
     with db_engine.begin() as conn:
-        done = {r.task_id: r.running for r in conn.execute(_CANCEL, {"ids": ids,
-                                                                      "reason": reason})}
+        rows = conn.execute(_CANCEL, {"ids": ids, "reason": reason}).all()
+        done = {r.task_id: r.running for r in rows}
+        topics = {r.kafka_topic for r in rows}
         if done:
             conn.execute(_EVENT, {"ids": list(done), "reason": reason})
+            # a cancelled job frees its window slot and its key: the topics' dispatchers
+            # look at once (at commit), not at their next poll
+            conn.execute(wake.NOTIFY_TOPICS, {"topics": sorted(topics - {None})})
         known = {r.task_id: r.status for r in conn.execute(_KNOWN, {"ids": ids})}
     out: dict[str, str] = {}
     for task_id in ids:

@@ -6,6 +6,7 @@ payload.
     NOTIFY_TOPIC                 the same from SQLAlchemy, for one task's topic (a stage
                                  that leaves the gpu or ends a job: a window slot frees,
                                  a job waiting for it may be released)
+    NOTIFY_TOPICS                the same for a list of topics (a cancel)
     listen(conn)                 on the dispatcher's own session (autocommit)
     wait(conn, topic, timeout_s, stop)   until a notification for ``topic``, ``stop`` or
                                  ``timeout_s``: True when woken by a notification
@@ -32,6 +33,8 @@ CHANNEL = "sonic_dispatch"
 
 #: ``{"t": task_id}``: notify the dispatcher of that task's topic.
 NOTIFY_TOPIC = text(f"SELECT pg_notify('{CHANNEL}', kafka_topic) FROM tasks WHERE task_id = :t")
+#: ``{"topics": [topic, ...]}``: notify the dispatchers of those topics.
+NOTIFY_TOPICS = text(f"SELECT pg_notify('{CHANNEL}', t) FROM unnest(CAST(:topics AS text[])) t")
 
 #: The longest ``wait`` sleeps before it looks at ``stop`` again (seconds).
 STOP_CHECK_S = 0.1

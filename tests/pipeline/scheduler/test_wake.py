@@ -1,5 +1,5 @@
 """Waking the dispatcher on the real PostgreSQL: a notification (admission, a stage leaving
-the gpu, a job ending) wakes an idle dispatcher within milliseconds; a notification lost,
+the gpu, a job ending or cancelled) wakes an idle dispatcher within milliseconds; a notification lost,
 rolled back or for another topic leaves the job to the poll, which still picks it."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from pipeline.scheduler import cancel as cancelling
 from pipeline.scheduler.dispatcher import Dispatcher
 from pipeline.scheduler.settle import settle
 from pipeline.state import journal, leases, wake
@@ -107,13 +108,15 @@ def _sent_and_claimed(jobs: Jobs, run: Running, task_id: str, stage: str,
 
 
 @pytest.mark.parametrize("frees", ["gpu_done", "failed_on_gpu", "failed_in_preprocess",
-                                   "key_released"])
+                                   "key_released", "cancelled_on_gpu", "key_cancelled"])
 def test_a_job_that_may_go_now_wakes_the_dispatcher(jobs: Jobs, frees: str) -> None:
-    """A full window gets a place (the gpu stage done, a job failed before it), or a job
-    waiting for its ordering key is released (the one before it completed)."""
+    """A full window gets a place (the gpu stage done, a job failed or cancelled before
+    it), or a job waiting for its ordering key is released (the one before it completed
+    or was cancelled)."""
     t = jobs.topic
-    key = {"ordering_key": f"{t}-k"} if frees == "key_released" else {}
-    stage = {"key_released": "upload", "failed_in_preprocess": "preprocess"}.get(frees, "gpu")
+    key = {"ordering_key": f"{t}-k"} if frees.startswith("key_") else {}
+    stage = {"key_released": "upload", "key_cancelled": "encode",
+             "failed_in_preprocess": "preprocess"}.get(frees, "gpu")
     with Running(jobs, SLOW_POLL_S, window=100 if key else 1) as run:
         lease = _sent_and_claimed(jobs, run, f"{t}-first", stage, **key)
         admit(jobs, f"{t}-next", notify=False, **key)  # it must wait
@@ -124,6 +127,9 @@ def test_a_job_that_may_go_now_wakes_the_dispatcher(jobs: Jobs, frees: str) -> N
             assert leases.advance(jobs.db, lease, "encode", succeeded_s=0.1)
         elif frees == "key_released":
             assert leases.advance(jobs.db, lease, "callback", status="completed")
+        elif frees in ("cancelled_on_gpu", "key_cancelled"):
+            assert cancelling.cancel(jobs.db, [lease.task_id]) == {
+                lease.task_id: "cancelled_running"}
         else:
             assert journal.finish(jobs.db, lease.task_id, Status.FAILED, owner=lease.owner,
                                   error_code="engine.error", error_message="boom")
