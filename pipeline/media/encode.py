@@ -23,7 +23,7 @@ from pipeline.errors import DiskFull, EncodeError
 from pipeline.media import handoff
 from pipeline.media.audio import delivery_format
 from pipeline.media.ffmpeg import (DEFAULT, FFmpeg, duration_s, failure, out_of_space,
-                                   popen_ffmpeg, probe, run_ffmpeg, stream)
+                                   popen_ffmpeg, probe, run_ffmpeg, stream, wait)
 from pipeline.media.frames import FPS, SAMPLE_RATE
 
 #: A raw frames file or batches of frames shaped (H, W, 3) or (N, H, W, 3), RGB uint8.
@@ -134,7 +134,7 @@ def encode_video(
                 *_output_args(fps, crf, seconds, sound, partial)]
         try:
             run_ffmpeg(args, ff=ff)
-        except (EncodeError, DiskFull):
+        except BaseException:  # failed, or stopped by the stage's watchdog
             partial.unlink(missing_ok=True)
             raise
     else:
@@ -152,7 +152,11 @@ def encode_video(
                 proc.wait()
                 partial.unlink(missing_ok=True)
                 raise
-            code = proc.wait()
+            try:
+                code = wait(proc)  # the tail of the encode; a watchdog stop kills it
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
             err.seek(0)
             said = err.read()
             if code != 0 or out_of_space(said):

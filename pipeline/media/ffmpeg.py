@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,19 +140,71 @@ def run_ffmpeg(
     code: str = "encode.failed",
     timeout: float | None = None,
 ) -> bytes:
-    """Run ``ffmpeg -nostdin -hide_banner -loglevel error <args>``; return its stdout."""
+    """Run ``ffmpeg -nostdin -hide_banner -loglevel error <args>``; return its stdout.
+
+    The wait returns to Python every :data:`WAIT_SLICE_S`, so an exception raised in this
+    thread meanwhile (a stage's watchdog: lease lost, cancelled, budget spent) stops it
+    within that: ffmpeg is killed and reaped, and the exception goes on. Raises ``error``
+    (``code``) when ffmpeg fails or runs past ``timeout`` seconds, :class:`DiskFull` when
+    the disk filled, ``ConfigError`` when the binary is missing."""
     argv = _argv(ff, args)
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise _binary_missing(ff.ffmpeg_bin) from None
+    try:
+        stdout, stderr = communicate(proc, timeout)
     except subprocess.TimeoutExpired as exc:
         raise error(f"ffmpeg ran longer than {timeout} s", code=code,
                     exit_code=None, stderr_tail=stderr_tail(exc.stderr or b"")) from None
-    if proc.returncode != 0 or out_of_space(proc.stderr):
-        raise _refused("an input", proc.stderr) or failure(error, code, "ffmpeg",
-                                                           proc.returncode, proc.stderr)
-    return proc.stdout
+    if proc.returncode != 0 or out_of_space(stderr):
+        raise _refused("an input", stderr) or failure(error, code, "ffmpeg",
+                                                      proc.returncode, stderr)
+    return stdout
+
+
+#: Seconds a wait for ffmpeg blocks at most before it returns to Python (see run_ffmpeg).
+WAIT_SLICE_S = 0.2
+
+
+def communicate(proc: subprocess.Popen[bytes], timeout: float | None = None
+                ) -> tuple[bytes, bytes]:
+    """``proc.communicate()`` in slices of :data:`WAIT_SLICE_S` (``subprocess`` keeps the
+    output read so far across them): (stdout, stderr). Any exception meanwhile, or
+    ``timeout`` seconds passing (``subprocess.TimeoutExpired``, with the stderr read),
+    kills and reaps the process first."""
+    end = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            wait = WAIT_SLICE_S if end is None else min(WAIT_SLICE_S,
+                                                        max(0.0, end - time.monotonic()))
+            try:
+                return proc.communicate(timeout=wait)
+            except subprocess.TimeoutExpired:
+                if end is not None and time.monotonic() >= end:
+                    raise
+    except BaseException as exc:
+        proc.kill()
+        _, stderr = proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            exc.stderr = stderr
+        raise
+
+
+def wait(proc: subprocess.Popen[bytes]) -> int:
+    """``proc.wait()`` in slices of :data:`WAIT_SLICE_S`, for a process whose pipes the
+    caller handles; its exit code. Any exception meanwhile (a stage's watchdog) kills and
+    reaps it first."""
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=WAIT_SLICE_S)
+            except subprocess.TimeoutExpired:
+                continue
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def popen_ffmpeg(

@@ -37,7 +37,7 @@ import numpy as np
 
 from pipeline.errors import EncodeError
 from pipeline.media.ffmpeg import (DEFAULT, PROTOCOLS, FFmpeg, failure, out_of_space,
-                                   popen_ffmpeg)
+                                   popen_ffmpeg, wait, WAIT_SLICE_S)
 
 #: Hand-off formats and the file each writes in the render dir.
 FILES: dict[str, str] = {"h264": "frames.mkv", "raw": "frames.rgb"}
@@ -143,8 +143,9 @@ class FrameWriter:
         else:
             assert self._proc is not None and self._thread is not None
             self._queue.put(None)
-            self._thread.join()
-            code = self._proc.wait()
+            while self._thread.is_alive():  # in slices: a watchdog stop gets through
+                self._thread.join(WAIT_SLICE_S)
+            code = wait(self._proc)
             self._stderr.seek(0)
             if code != 0 or out_of_space(self._stderr.read()):
                 self._fail()

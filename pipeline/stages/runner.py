@@ -155,7 +155,7 @@ def run_stage(settings: Settings, db_engine: Engine, task_id: str, stage: str,
         error = faults.classify(exc)
         delay = backoff_delay(retries + 1, base=1.0, cap=DB_RETRY_CAP_S)
         log.warning("stage %s of %s: %s; retried in %.1f s", stage, task_id, error, delay)
-        metrics.count_failure(stage, error.code)
+        # a retry, not a failed job: the failure-rate alert reads sonic_task_failed_total
         metrics.count_retry(stage, error.code)
         return Result(StageOutcome.RETRY, delay_s=delay, error=error, owner=owner)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,89 @@ def test_probe_with_formats_refuses_other_demuxers(speech_16k: Path, tmp_path: P
 ])
 def test_demuxer_allowed(name: str, allowed: bool) -> None:
     assert demuxer_allowed(name, AUDIO_DEMUXERS) is allowed
+
+
+def _running(marker: str) -> list[int]:
+    """Pids of live processes whose command line holds ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().split(") ", 1)[1][0]
+            except OSError:
+                continue
+            if marker.encode() in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _stopped_by_the_watchdog(call: Any) -> tuple[BaseException | None, float]:
+    """Run ``call`` in a thread, raise a stage's ``LeaseLost`` in it after 0.5 s as the
+    watchdog does; (what the thread raised, seconds from the raise to its end)."""
+    import threading
+    import time
+
+    from pipeline.stages.watchdog import LeaseLost, raise_in_thread
+
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - what the watchdog raised
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive()
+    at = time.monotonic()
+    assert raise_in_thread(thread.ident, LeaseLost)
+    thread.join(10)
+    return (raised[0] if raised else None), time.monotonic() - at
+
+
+@pytest.mark.parametrize("seconds", [5, 60, 3600])
+def test_a_watchdog_stop_kills_a_running_ffmpeg_within_a_slice(seconds: int) -> None:
+    """A long ffmpeg call (a real-time source, as long as an hour) stops within
+    WAIT_SLICE_S of the watchdog's exception, and leaves no ffmpeg behind."""
+    import uuid
+
+    from pipeline.media.ffmpeg import WAIT_SLICE_S
+    from pipeline.stages.watchdog import LeaseLost
+
+    marker = f"sonic-test-{uuid.uuid4().hex}"
+    exc, took = _stopped_by_the_watchdog(lambda: run_ffmpeg(
+        ["-re", "-f", "lavfi", "-i", f"anullsrc=r=8000:cl=mono:d={seconds}",
+         "-metadata", f"comment={marker}", "-f", "null", "-"]))
+    assert isinstance(exc, LeaseLost)
+    assert took < WAIT_SLICE_S + 0.5
+    assert _running(marker) == []
+
+
+def test_a_watchdog_stop_kills_a_process_waited_for() -> None:
+    """``wait`` (the streamed encode's and the hand-off's tail) stops the same way."""
+    import subprocess
+    import uuid
+
+    from pipeline.media.ffmpeg import WAIT_SLICE_S, wait
+    from pipeline.stages.watchdog import LeaseLost
+
+    marker = f"sonic-test-{uuid.uuid4().hex}"
+    proc = subprocess.Popen(["sh", "-c", f"sleep 30; echo {marker}"])
+    exc, took = _stopped_by_the_watchdog(lambda: wait(proc))
+    assert isinstance(exc, LeaseLost)
+    assert took < WAIT_SLICE_S + 0.5
+    assert proc.poll() is not None and _running(marker) == []
+
+
+def test_a_timeout_still_ends_ffmpeg_with_its_code() -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(EncodeError) as caught:
+        run_ffmpeg(["-re", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono:d=30",
+                    "-f", "null", "-"], timeout=0.7)
+    assert caught.value.code == "encode.failed" and "longer than 0.7 s" in caught.value.message
+    assert time.monotonic() - started < 3

@@ -28,8 +28,17 @@ def _ok(ctx: StageContext) -> dict[str, Any]:
     return {}
 
 
+def _counted(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, {"stage": "preprocess",
+                                            "code": "database.unavailable"}) or 0.0
+
+
 def test_postgres_unreachable_at_acquire_is_a_retry(fast: Settings, task_id: str) -> None:
     down = make_db_engine(fast.model_copy(update={"pg_port": free_port()}))
+    failed, retried = (_counted("sonic_task_failed_total"),
+                       _counted("sonic_stage_retries_total"))
     try:
         for retries in (0, 3, 20):
             result = run_stage(fast, down, task_id, "preprocess", _ok, retries=retries)
@@ -38,6 +47,9 @@ def test_postgres_unreachable_at_acquire_is_a_retry(fast: Settings, task_id: str
             assert result.owner and 0 <= result.delay_s <= 30.0
     finally:
         down.dispose()
+    # counted as retries, not as failed jobs (the failure-rate alert reads the latter)
+    assert _counted("sonic_stage_retries_total") - retried == 3
+    assert _counted("sonic_task_failed_total") == failed
 
 
 def _drop(kind: str) -> Exception:
