@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     allow_private_networks: bool = False
     max_input_bytes: int = 200 * 1024 * 1024
     fetch_timeout_s: float = 30.0
+    #: Seconds a whole http(s) input download may take, redirects included (a server
+    #: trickling bytes inside the per-read ``fetch_timeout_s`` is cut here, retried later).
+    fetch_total_s: float = Field(300.0, gt=0)
     max_audio_s: float = 600.0
     #: Buckets s3:// inputs may name (``bucket`` or ``bucket/prefix``); empty: none. The
     #: results bucket is never implied: it holds every tenant's videos.

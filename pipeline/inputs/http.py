@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import BinaryIO
 from urllib.parse import urljoin
 
@@ -26,8 +27,11 @@ def fetch_http(ref: Ref, out: BinaryIO, settings: Settings) -> int:
 
     Raises ``input.forbidden_url`` (a hop not allowed), ``input.not_found`` (404/410),
     ``input.too_large``, ``input.unreachable`` (other 4xx, TLS, too many redirects) or a
-    recoverable ``TransportError`` (timeouts, refused connections, 408/429/5xx).
+    recoverable ``TransportError`` (timeouts, refused connections, 408/429/5xx, and a
+    download, redirects included, longer than ``settings.fetch_total_s``: a server that
+    trickles bytes just inside the per-read ``fetch_timeout_s`` cannot hold the stage).
     """
+    deadline = time.monotonic() + settings.fetch_total_s
     for _hop in range(MAX_REDIRECTS + 1):
         try:
             with net.request(ref, method="GET", allow_private=settings.allow_private_networks,
@@ -37,7 +41,8 @@ def fetch_http(ref: Ref, out: BinaryIO, settings: Settings) -> int:
                     ref = _next_hop(ref, location, settings)
                     continue
                 _check_status(ref, response.status)
-                return _copy(ref, response, out, settings.max_input_bytes)
+                return _copy(ref, response, out, settings.max_input_bytes,
+                             deadline, settings.fetch_total_s)
         except net.Unreachable as exc:
             if exc.permanent:
                 raise InputError(str(exc), code="input.unreachable") from None
@@ -74,14 +79,22 @@ def _too_large(ref: Ref, limit: int) -> InputError:
                       code="input.too_large")
 
 
-def _copy(ref: Ref, response: urllib3.BaseHTTPResponse, out: BinaryIO, limit: int) -> int:
+def _copy(ref: Ref, response: urllib3.BaseHTTPResponse, out: BinaryIO, limit: int,
+          deadline: float, total_s: float) -> int:
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(ref, limit)
     total = 0
-    for chunk in response.stream(CHUNK, decode_content=False):
+    while True:
+        # read1: what one read from the socket brings (a trickle cannot hide in a chunk)
+        chunk = response.read1(CHUNK, decode_content=False)
+        if not chunk:
+            return total
         total += len(chunk)
         if total > limit:  # the header may be absent or lie
             raise _too_large(ref, limit)
         out.write(chunk)
-    return total
+        if time.monotonic() > deadline:
+            raise TransportError(f"downloading {redact(ref.url)} took longer than "
+                                 f"SONIC_FETCH_TOTAL_S ({total_s:g} s; {total} bytes read)",
+                                 code="transport.timeout")

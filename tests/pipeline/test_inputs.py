@@ -387,3 +387,30 @@ def test_embedded_ipv4_reads_every_form() -> None:
     assert [str(a) for a in addresses.embedded_ipv4(ipaddress.ip_address("64:ff9b::a00:5"))] \
         == ["10.0.0.5"]
     assert addresses.embedded_ipv4(ipaddress.ip_address("10.0.0.5")) == []
+
+
+@pytest.mark.parametrize("length", [True, False])
+def test_a_trickling_server_is_cut_at_the_whole_download_limit(
+        tmp_path: Path, files: FileServer, length: bool) -> None:
+    """Each byte comes well inside the per-read timeout, the whole body would take 10 s:
+    the download stops at SONIC_FETCH_TOTAL_S, retryable, and leaves no file."""
+    import time
+
+    settings = make_settings(tmp_path, allow_private_networks=True, fetch_total_s=1.0)
+    files.add("/slow.wav", b"x" * 200, trickle=0.05, length=length)
+    files.redirect("/via", files.url("/slow.wav"))
+    for path in ("/slow.wav", "/via"):  # the limit spans the redirects too
+        started = time.monotonic()
+        with pytest.raises(TransportError) as exc:
+            fetch_input(files.url(path), tmp_path / "a.wav", settings)
+        assert time.monotonic() - started < 2.5
+        assert exc.value.code == "transport.timeout" and exc.value.retryable
+        assert "SONIC_FETCH_TOTAL_S (1 s" in exc.value.message
+        assert not (tmp_path / "a.wav").exists()
+
+
+def test_a_slow_download_inside_the_limit_completes(tmp_path: Path, files: FileServer) -> None:
+    settings = make_settings(tmp_path, allow_private_networks=True, fetch_total_s=5.0)
+    files.add("/slow.wav", b"abcdefghijklmnopqrst", trickle=0.02)
+    fetch_input(files.url("/slow.wav"), tmp_path / "a.wav", settings)
+    assert (tmp_path / "a.wav").read_bytes() == b"abcdefghijklmnopqrst"

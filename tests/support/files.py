@@ -4,6 +4,7 @@
         files.add("/a.wav", data)                       # 200 with Content-Length
         files.add("/big", data, length=False)           # no Content-Length: body until close
         files.add("/liar", data, declare=10)            # Content-Length: 10 (a lie)
+        files.add("/slow", data, trickle=0.05)          # one byte every 50 ms
         files.redirect("/r", "http://elsewhere/x")      # 302
         fetch_input(files.url("/a.wav"), ...)
         files.hosts                                     # Host headers seen
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,8 @@ class Route:
     length: bool = True
     #: Declare this length instead of the real one.
     declare: int | None = None
+    #: Seconds between bytes: the body trickles out one byte at a time (None: at once).
+    trickle: float | None = None
 
 
 class _Handler(QuietHandler):
@@ -42,7 +46,12 @@ class _Handler(QuietHandler):
             self.send_header("Content-Length", str(declared))
         self.end_headers()
         with contextlib.suppress(OSError):  # the client stopped reading (size cap)
-            self.wfile.write(route.body)
+            if route.trickle is None:
+                self.wfile.write(route.body)
+            for i in range(len(route.body) if route.trickle is not None else 0):
+                self.wfile.write(route.body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(route.trickle)
         self.close_connection = True
 
 
@@ -53,8 +62,9 @@ class FileServer(LoopbackServer):
         self.hosts: list[str] = []
 
     def add(self, path: str, body: bytes, *, status: int = 200, length: bool = True,
-            declare: int | None = None, headers: dict[str, str] | None = None) -> str:
-        self.routes[path] = Route(body, status, dict(headers or {}), length, declare)
+            declare: int | None = None, headers: dict[str, str] | None = None,
+            trickle: float | None = None) -> str:
+        self.routes[path] = Route(body, status, dict(headers or {}), length, declare, trickle)
         return self.url(path)
 
     def redirect(self, path: str, location: str, status: int = 302) -> str:
