@@ -13,7 +13,8 @@ are served with the bridge's own (the reconciler's takeovers are counted there).
     sonic_task_failed_total{stage,code}       jobs failed, by the code that failed them
     sonic_stage_retries_total{stage,code}     stage runs retried later (backoff)
     sonic_lease_takeovers_total{stage,reason} a stage taken from its holder: ``expired``
-                                              (re-queued by the reconciler, a dead worker),
+                                              (re-queued by the reconciler, or claimed by
+                                              another copy past the lease: a dead worker),
                                               ``stalled`` (re-sent, its message vanished),
                                               ``lost`` (a live worker found its lease gone)
     sonic_gpu_busy_seconds_total{engine}      seconds the gpu stage ran, any outcome

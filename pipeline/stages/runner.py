@@ -166,6 +166,8 @@ def _run(settings: Settings, db_engine: Engine, task_id: str, stage: str, fn: St
                            started=True)
     if not isinstance(claim, leases.Lease):
         return _not_claimed(db_engine, task_id, stage, owner, claim, resumed)
+    if claim.took_over:  # another copy's lease had expired (its worker dead or frozen)
+        metrics.count_takeover(stage, "expired")
     ctx = StageContext(settings, db_engine, claim, settings.work_dir / task_id)
     watchdog = Watchdog(lambda: _beat(ctx), settings.heartbeat_interval_s,
                         ctx.budget_deadline)

@@ -61,6 +61,9 @@ class Lease:
     owner: str
     attempt: int
     row: dict[str, Any]
+    #: The claim took the stage from another copy whose lease had expired (not from the
+    #: reconciler, which clears the lease it re-queues).
+    took_over: bool = False
 
 
 _ACQUIRE_SQL = f"""
@@ -75,6 +78,9 @@ UPDATE tasks SET
     started_at = CASE WHEN :stage = 'callback' THEN started_at
                       ELSE coalesce(started_at, now()) END,
     updated_at = now()
+-- The row as it was, locked first: who held the lease before this claim (a copy that
+-- takes over another's expired lease is counted as a takeover).
+FROM (SELECT lease_owner AS held_by FROM tasks WHERE task_id = :task_id FOR UPDATE) held
 WHERE task_id = :task_id
   AND ({_STAGE_POS.format(col='stage')} <= {_STAGE_POS.format(col=':stage')}
        OR stage IS NULL)
@@ -88,7 +94,7 @@ WHERE task_id = :task_id
            AND coalesce(callback_status IN ('delivered', 'failed', 'none'), false))
   -- A job past its deadline never starts (the dispatcher expires it); one under way goes on.
   AND NOT (:stage = 'preprocess' AND started_at IS NULL AND coalesce(deadline < now(), false))
-RETURNING *
+RETURNING tasks.*, held.held_by
 """
 
 _ACQUIRE = text(_ACQUIRE_SQL)
@@ -117,7 +123,10 @@ def acquire(db_engine: Engine, task_id: str, stage: str, owner: str, ttl_s: int,
         row = conn.execute(_ACQUIRE_STARTED if started else _ACQUIRE,
                            params).mappings().first()
         if row is not None:
-            return Lease(task_id, stage, owner, int(row["attempts"]), dict(row))
+            task = dict(row)
+            held_by = task.pop("held_by")
+            return Lease(task_id, stage, owner, int(task["attempts"]), task,
+                         took_over=held_by is not None and held_by != owner)
         current = conn.execute(
             text("SELECT stage, status, lease_owner, lease_expires_at > now() AS live "
                  "FROM tasks WHERE task_id = :t"), {"t": task_id}).mappings().first()

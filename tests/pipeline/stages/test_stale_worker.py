@@ -136,3 +136,35 @@ def test_a_callback_message_for_a_job_not_final_is_skipped(
     row = task_row(db_engine, task_id)
     assert (row["status"], row["stage"], row["started_at"], row["callback_status"]) == (
         status, None, None, None)
+
+
+def _takeovers(stage: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("sonic_lease_takeovers_total",
+                                     {"stage": stage, "reason": "expired"}) or 0.0
+
+
+@pytest.mark.parametrize("held", ["expired-by-another", "free", "own-token", "live"])
+def test_a_claim_of_another_copy_s_expired_lease_is_counted_as_a_takeover(
+        fast: Settings, db_engine: Engine, task_id: str, held: str) -> None:
+    """A redelivered copy that claims a lease left by a dead worker is a takeover; a free
+    stage, a retry with its own token and a live holder are not."""
+    owner = "me:1:x"
+    if held != "free":
+        lease_owner = owner if held == "own-token" else TAKER
+        expiry = "now() + interval '30 s'" if held == "live" else "now() - interval '1 s'"
+        with db_engine.begin() as conn:
+            conn.execute(text(f"UPDATE tasks SET lease_owner = :o, lease_stage = 'preprocess', "
+                              f"lease_expires_at = {expiry}, status = 'running', "
+                              f"stage = 'preprocess' WHERE task_id = :t"),
+                         {"o": lease_owner, "t": task_id})
+    before = _takeovers("preprocess")
+    result = run_stage(fast, db_engine, task_id, "preprocess", lambda ctx: {},
+                       owner=owner if held == "own-token" else None)
+    counted = _takeovers("preprocess") - before
+    if held == "live":
+        assert result.outcome is StageOutcome.SKIP and counted == 0
+    else:
+        assert result.outcome is StageOutcome.CONTINUE
+        assert counted == (1 if held == "expired-by-another" else 0)
