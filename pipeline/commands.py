@@ -129,7 +129,7 @@ def bridge() -> int:
 
 @click.command(cls=Command)
 @click.option("--host", help="address to bind (default SONIC_API_HOST)")
-@click.option("--port", type=int, help="port (default SONIC_API_PORT)")
+@click.option("--port", type=click.IntRange(1, 65535), help="port (default SONIC_API_PORT)")
 @click.pass_obj
 def serve(settings: Settings, host: str | None, port: int | None) -> int:
     """The HTTP service (jobs API, live status, web page)."""
@@ -225,6 +225,13 @@ def render(settings: Settings, image: str, audio: str, output: str, engine: str 
     from pipeline.console.output import console
     from pipeline.stages.local import render_local
 
+    out = Path(output).expanduser().absolute()
+    if out.is_dir() or output.endswith(("/", os.sep)):
+        raise click.BadParameter(f"{output} is a directory: give the MP4 file to write "
+                                 f"(e.g. {out / 'video.mp4'})", param_hint="'-o' / '--output'")
+    if not out.parent.is_dir():
+        raise click.BadParameter(f"{out.parent} does not exist: create it first",
+                                 param_hint="'-o' / '--output'")
     config = {knob: _json_value(knobs[knob]) for knob in RENDER_KNOBS}
     err = console(stderr=True)
     bar = Progress(TextColumn("{task.description:<12}"), BarColumn(),
@@ -233,7 +240,7 @@ def render(settings: Settings, image: str, audio: str, output: str, engine: str 
     job = bar.add_task("preprocess", total=100)
     with bar:
         summary = render_local(
-            settings, image, audio, Path(output).expanduser().absolute(),
+            settings, image, audio, out,
             config=config, engine=engine,
             work_dir=Path(work_dir) if work_dir else None,
             on_progress=lambda stage, percent: bar.update(job, description=stage,

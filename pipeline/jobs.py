@@ -137,6 +137,19 @@ def default_checks() -> tuple[UrlCheck, UrlCheck]:
     return check_url, check_callback_url
 
 
+def check_engine(name: str, settings: Settings, task_id: str | None = None) -> None:
+    """Refuse an engine no worker knows (``message.out_of_range``, naming the known ones):
+    at the door, not after preprocess has run. The benchmark engine counts only while
+    ``SONIC_BENCH_ENGINE`` is on, as for the workers."""
+    from pipeline.engines import BENCH_ENGINES, ENGINES
+
+    known = sorted(ENGINES) + (sorted(BENCH_ENGINES) if settings.bench_engine else [])
+    if name not in known:
+        raise InvalidMessage(f"field 'engine' is out of range: {name[:64]!r} given, expected "
+                             f"one of {', '.join(known)}", code="message.out_of_range",
+                             task_id=task_id)
+
+
 def decode(value: bytes | None, settings: Settings, *, check_url: UrlCheck | None = None,
            check_callback: UrlCheck | None = None) -> Job:
     """Validate one record value; raise :class:`InvalidMessage` with a precise code."""
@@ -156,6 +169,8 @@ def decode(value: bytes | None, settings: Settings, *, check_url: UrlCheck | Non
             f"field 'duration' is out of range: {_show(job.duration)} given, expected a "
             f"number from 0 to SONIC_MAX_AUDIO_S={limits.show_number(settings.max_audio_s)}",
             code="message.out_of_range", task_id=job.task_id)
+    if job.engine:  # "" is the default engine, as for the workers
+        check_engine(job.engine, settings, job.task_id)
     if check_url is None or check_callback is None:
         check_url, check_callback = default_checks()
     try:

@@ -279,7 +279,7 @@ class Settings(BaseSettings):
 
     # --- HTTP service (``sonic-pipeline serve``, pipeline/http) -----------------------------
     api_host: str = "127.0.0.1"
-    api_port: int = 18080
+    api_port: int = Field(18080, ge=1, le=65535)
     #: Bearer tokens per tenant: ``tenantA:token1,tenantB:token2``; the tenant ``*`` is an
     #: operator who sees every tenant's jobs. Unset: the service refuses to start.
     api_tokens: SecretStr | None = None

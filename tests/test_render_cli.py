@@ -96,7 +96,7 @@ BAD = [
     (["--audio", "http://10.1.2.3/a.wav"], "input.forbidden_url"),
     (["--image", "s3://somebucket/face.jpg"], "input.forbidden_url"),
     (["--engine", "sonic"], "engine.unavailable"),
-    (["--engine", "nope"], "engine.unavailable"),
+    (["--engine", "nope"], "message.out_of_range"),  # the door: no worker knows it
     (["--image", "missing.jpg"], "input.not_found"),
     (["--audio", "missing.wav"], "input.not_found"),
     (["--audio", "folder.wav"], "input.not_found"),

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import InvalidMessage, PipelineError
 from pipeline.settings import Settings
 from pipeline.storage import LocalStore, ObjectStore, get_store
 
@@ -89,4 +89,23 @@ def message(task_id: str, image_url: str, audio_url: str, *, callback_url: str |
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode()
+    """The message as the record's value (compact JSON; a NaN or infinite number is
+    refused with ``message.out_of_range``: JSON has none, the bridge could not read it)."""
+    try:
+        return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise InvalidMessage("a number of the job is NaN or infinite; give finite numbers",
+                             code="message.out_of_range",
+                             task_id=message.get("task_id")) from None
+
+
+def check_at_the_door(message: dict[str, Any], settings: Settings) -> None:
+    """The bridge's own check of ``message`` (:func:`pipeline.jobs.decode`), before anything
+    is uploaded or published: raises :class:`InvalidMessage` (its code and message, as
+    the bridge would reject it). The input references are not checked against these
+    settings' roots and hosts here (the workers' settings decide; the caller warns)."""
+    from pipeline.jobs import decode, default_checks
+
+    _, check_callback = default_checks()
+    decode(encode(message), settings, check_url=lambda _url, _settings: None,
+           check_callback=check_callback)

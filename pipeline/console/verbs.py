@@ -80,11 +80,26 @@ def submit(settings: Settings, image: str, audio: str, callback_url: str | None,
            inference_steps: int, dynamic_scale: float | None, motion_scale: float | None,
            seed: int | None, wait: bool, timeout: float | None, as_json: bool) -> int:
     """Publish one job to the task topic (local files are uploaded to the object store
-    first). Prints {"task_id", "topic", "partition", "offset"}; with --wait, the result
-    URL or the error once the job is final (exit 0 completed, 1 otherwise)."""
+    first). The message passes the bridge's own check before anything is uploaded or
+    sent (a malformed id: task.invalid_id, exit 2; a bad field: its message.* code,
+    exit 1). Prints {"task_id", "topic", "partition", "offset", "image_url",
+    "audio_url"}; with --wait, the result URL or the error once the job is final (exit 0
+    completed, 1 otherwise)."""
     from pipeline.console import kafka, submit as submitting
+    from pipeline.job_ids import is_task_id
 
+    if task_id is not None and not is_task_id(task_id):
+        click.echo(f"{PROG}: task.invalid_id: not a task id: {task_id[:140]!r} (1 to 128 "
+                   "ASCII letters, digits and ._:-, not starting with '.'); nothing was "
+                   "uploaded or sent", err=True)
+        return EXIT_USAGE
     task_id = task_id or submitting.new_task_id()
+    knobs = {"min_resolution": min_resolution, "inference_steps": inference_steps,
+             "dynamic_scale": dynamic_scale, "motion_scale": motion_scale, "seed": seed}
+    extra = {"tenant": tenant, "priority": priority, "ordering_key": ordering_key}
+    submitting.check_at_the_door(submitting.message(
+        task_id, image, audio, callback_url=callback_url, engine=engine, config=knobs,
+        extra=extra), settings)
     with reaching_store(settings):
         image_url = submitting.upload(settings, task_id, "image", image)
         audio_url = submitting.upload(settings, task_id, "audio", audio)
@@ -93,11 +108,8 @@ def submit(settings: Settings, image: str, audio: str, callback_url: str | None,
         if why:
             click.echo(f"{PROG}: warning: the uploaded {role} {ref} is not readable with "
                        f"these settings: {why}", err=True)
-    message = submitting.message(
-        task_id, image_url, audio_url, callback_url=callback_url, engine=engine,
-        config={"min_resolution": min_resolution, "inference_steps": inference_steps,
-                "dynamic_scale": dynamic_scale, "motion_scale": motion_scale, "seed": seed},
-        extra={"tenant": tenant, "priority": priority, "ordering_key": ordering_key})
+    message = submitting.message(task_id, image_url, audio_url, callback_url=callback_url,
+                                 engine=engine, config=knobs, extra=extra)
     with reaching_kafka(settings):
         meta, = kafka.send(settings, settings.topic_tasks, [
             {"key": (ordering_key or task_id).encode(), "value": submitting.encode(message)}])

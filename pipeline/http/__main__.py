@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     parser = argparse.ArgumentParser(prog="python -m pipeline.http")
     parser.add_argument("--host", default=settings.api_host)
-    parser.add_argument("--port", type=int, default=settings.api_port)
+    parser.add_argument("--port", type=_port, default=settings.api_port)
     args = parser.parse_args(argv)
     try:
         run(args.host, args.port, settings)
@@ -32,6 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sonic-pipeline serve: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def _port(text: str) -> int:
+    """A TCP port number (1 to 65535), for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return port
 
 
 if __name__ == "__main__":

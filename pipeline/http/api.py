@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Uplo
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from pipeline.errors import PipelineError, ServiceUnavailable
+from pipeline.job_ids import is_task_id
 from pipeline.state.status import Status
 from pipeline.storage import LocalStore
 
@@ -34,6 +35,15 @@ def _res(request: Request) -> Any:
 
 def _not_found(task_id: str) -> ApiError:
     return ApiError(404, "task.not_found", f"no task {task_id!r} for this tenant")
+
+
+def _task_id(task_id: str) -> str:
+    """``task_id`` from the path when it can be a task id (:func:`is_task_id`), else 400
+    ``task.invalid_id`` (a NUL byte or a 2,000-character id never reaches the database)."""
+    if not is_task_id(task_id):
+        raise ApiError(400, "task.invalid_id", f"not a task id: {task_id[:140]!r} (1 to 128 "
+                       "ASCII letters, digits and ._:-, not starting with '.')")
+    return task_id
 
 
 def _save(part: UploadFile, kind: str, folder: Path, settings: Any) -> Path:
@@ -144,7 +154,7 @@ def list_tasks(
 
 @router.get("/tasks/{task_id}", summary="A job's latest status")
 def get_task(request: Request, who: Caller, task_id: str) -> dict[str, Any]:
-    found = _res(request).store.task(task_id, who.tenant)
+    found = _res(request).store.task(_task_id(task_id), who.tenant)
     if found is None:
         raise _not_found(task_id)
     return found
@@ -158,7 +168,7 @@ def task_events(request: Request, who: Caller, task_id: str,
                 last_event_id: Annotated[str | None, Header()] = None,
                 after: Annotated[int | None, Query(ge=0)] = None) -> Response:
     store = _res(request).store
-    if store.task(task_id, who.tenant) is None:
+    if store.task(_task_id(task_id), who.tenant) is None:
         raise _not_found(task_id)
     try:
         after_id = int(last_event_id) if last_event_id else (after or 0)
@@ -174,7 +184,7 @@ def task_events(request: Request, who: Caller, task_id: str,
                 409: {"description": "the job has no video (yet): task.not_ready"}})
 def task_video(request: Request, who: Caller, task_id: str) -> Response:
     res = _res(request)
-    found = res.store.task(task_id, who.tenant)
+    found = res.store.task(_task_id(task_id), who.tenant)
     if found is None:
         raise _not_found(task_id)
     key = res.store.result_key(task_id)

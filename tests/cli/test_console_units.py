@@ -90,3 +90,34 @@ def test_since_takes_durations_and_iso_times() -> None:
 def test_durations_for_people() -> None:
     assert [seconds(x) for x in (None, 0.421, 12.34, 245, 7380, 270000)] == [
         "-", "0.42s", "12.3s", "4m05s", "2h03m", "3d03h"]
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "-1", "http"])
+def test_serve_refuses_a_port_out_of_range_before_binding(port: str) -> None:
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--port", port])
+    assert result.exit_code == 2 and "'--port'" in result.output, result.output
+    module = subprocess.run([sys.executable, "-m", "pipeline.http", "--port", port],
+                            capture_output=True, text=True, timeout=60)
+    assert module.returncode == 2 and "--port" in module.stderr, module.stderr
+    assert "Traceback" not in module.stderr + result.output
+
+
+def test_render_refuses_an_output_it_could_not_write_before_rendering(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    for output, said in ((str(tmp_path), "is a directory"),
+                         (f"{tmp_path}/", "is a directory"),
+                         (str(tmp_path / "missing" / "v.mp4"), "does not exist")):
+        result = CliRunner().invoke(cli, ["render", "--image", "face.jpg", "--audio",
+                                          "speech.wav", "-o", output])
+        assert result.exit_code == 2 and said in result.output, result.output
+    assert not (tmp_path / "missing").exists()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from kafka import KafkaConsumer
 
 from pipeline.console.submit import upload_store
@@ -110,3 +112,48 @@ def test_an_upload_the_workers_could_not_read_is_warned_about(cli_stack: CliStac
                        f"warn-1/image.jpg is not readable with these settings: s3://{bucket}/"
                        "uploads/warn-1/image.jpg is outside SONIC_INPUT_BUCKETS")
     assert json.loads(result.stdout)["image_url"] == f"s3://{bucket}/uploads/warn-1/image.jpg"
+
+
+def _uploaded(cli_stack: CliStack, task_id: str) -> list[str]:
+    store = upload_store(cli_stack.settings)
+    return [key for key in (f"uploads/{task_id}/image.jpg", f"uploads/{task_id}/audio.wav")
+            if store.exists(key)]
+
+
+def test_a_malformed_task_id_is_refused_before_any_upload(cli_stack: CliStack) -> None:
+    for bad in ("../etc/passwd", ".hidden", "a" * 129, "a/b", "sp ace", "é", "a\x00b"):
+        result = cli_stack.invoke("submit", "--image", str(cli_stack.face), "--audio",
+                                  str(cli_stack.speech), "--task-id", bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert result.stderr.startswith("sonic-pipeline: task.invalid_id: not a task id"), \
+            result.stderr
+        assert "nothing was uploaded or sent" in result.stderr
+        assert result.stdout == "" and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--min-resolution", "5"], "message.out_of_range"),
+    (["--seed", "-5"], "message.out_of_range"),
+    (["--seed", "99999999999"], "message.out_of_range"),
+    (["--dynamic-scale", "nan"], "message.out_of_range"),
+    (["--motion-scale", "inf"], "message.out_of_range"),
+    (["--inference-steps", "0"], "message.out_of_range"),
+    (["--engine", "bogus"], "message.out_of_range"),
+    (["--callback-url", "ftp://x.example.com/hook"], None),
+])
+def test_a_bad_field_is_refused_with_the_door_s_code_before_any_upload(
+        cli_stack: CliStack, args: list[str], code: str | None) -> None:
+    """The bridge's own check, in the CLI: nothing is uploaded nor sent to Kafka."""
+    from pipeline.errors import CODES
+
+    task_id = f"door-{abs(hash(tuple(args))) % 10**8}"
+    topic = f"{cli_stack.topic}-door"
+    result = cli_stack.invoke("submit", "--image", str(cli_stack.face), "--audio",
+                              str(cli_stack.speech), "--task-id", task_id, *args,
+                              SONIC_TOPIC_TASKS=topic)
+    assert result.exit_code == 1, (args, result.output)
+    said = result.stderr.strip()
+    assert said.startswith("sonic-pipeline: ") and "Traceback" not in result.output, said
+    found = said.split(": ")[1]
+    assert found in CODES and (code is None or found == code), said
+    assert result.stdout == "" and _uploaded(cli_stack, task_id) == []

@@ -41,6 +41,18 @@ def test_lists_filter_by_status_and_time_and_page_without_gaps(http_stack: HttpS
             assert {t["status"] for t in found["tasks"]} <= wanted
 
 
+def test_a_malformed_id_in_the_path_is_400_never_a_500(http_stack: HttpStack) -> None:
+    """A NUL byte (PostgreSQL refuses it in a string), a 129-character id, a leading dot,
+    spaces and non-ASCII: task.invalid_id, before any query."""
+    with http_stack.client("acme") as acme:
+        for task_id in ("%00", "a%00b", "x" * 129, ".hidden", "a%20b", "%C3%A9", "a%0Ab"):
+            for path in ("", "/events", "/video"):
+                answer = acme.get(f"/v1/tasks/{task_id}{path}")
+                assert answer.status_code == 400, (task_id, path, answer.text)
+                assert answer.json()["error"]["code"] == "task.invalid_id"
+                assert "not a task id" in answer.json()["error"]["message"]
+
+
 def test_unknown_jobs_are_404_and_a_video_not_made_yet_is_409(http_stack: HttpStack) -> None:
     with http_stack.client("acme") as acme:
         for task_id in ("no-such-task", "x" * 120, "a.b:c-d"):

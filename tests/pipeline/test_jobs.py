@@ -379,3 +379,25 @@ def test_peek_task_id_treats_nulls_and_nothing_as_no_id() -> None:
     assert peek_task_id(b'{"task_id": null}') is None
     assert peek_task_id(b'{"task_id": ".."}') is None
     assert peek_task_id(b'{"task_id": "ok.1"} tail') == "ok.1"
+
+
+@pytest.mark.parametrize("engine", ["bogus", "Builtin", "builtin ", "bench", "x" * 64])
+def test_an_engine_no_worker_knows_is_refused_at_the_door(engine: str,
+                                                          settings: Settings) -> None:
+    """Not after preprocess ran: message.out_of_range, naming the known engines (the
+    bench engine only while SONIC_BENCH_ENGINE is on)."""
+    exc = rejected(raw(engine=engine), settings)
+    assert exc.code == "message.out_of_range" and exc.task_id == SEED["task_id"]
+    assert "field 'engine'" in exc.message and "builtin, remote, sonic" in exc.message
+
+
+@pytest.mark.parametrize("engine", ["builtin", "sonic", "remote", ""])
+def test_the_known_engines_pass_the_door(engine: str, settings: Settings) -> None:
+    """("" is the default engine, as the workers read it.)"""
+    assert decode(raw(engine=engine), settings).engine == engine
+
+
+def test_the_bench_engine_passes_only_while_it_is_on(settings: Settings) -> None:
+    on = settings.model_copy(update={"bench_engine": True})
+    assert decode(raw(engine="bench"), on).engine == "bench"
+    assert rejected(raw(engine="bench"), settings).code == "message.out_of_range"
