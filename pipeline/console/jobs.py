@@ -16,9 +16,24 @@ from pipeline.state.models import FINAL_VALUES
 
 _TASK = text("SELECT * FROM tasks WHERE task_id = :t")
 
+#: The task's events: its task_events rows, and the dispatcher's status changes, which
+#: only the status outbox tells (queued, waiting, released, expired, a dependency failed
+#: or cycled; kept as long as the outbox keeps them), in time order.
 _EVENTS = text("""
-SELECT id, stage, event, worker, attempt, at, duration_s, detail
-FROM task_events WHERE task_id = :t ORDER BY id""")
+SELECT source, id, stage, event, worker, attempt, at, duration_s, detail FROM (
+    SELECT 'task_events' AS source, id, stage, event, worker, attempt, at, duration_s,
+           detail
+    FROM task_events WHERE task_id = :t
+    UNION ALL
+    SELECT 'status_outbox', o.id, o.body->>'stage', o.event, NULL,
+           coalesce((o.body->>'attempt')::int, 0), o.created_at, NULL,
+           CASE WHEN jsonb_typeof(o.body->'error') = 'object' THEN o.body->'error'
+                ELSE '{}'::jsonb END
+    FROM status_outbox o
+    WHERE o.task_id = :t AND (o.event IN ('queued', 'waiting', 'released', 'expired')
+          OR (o.event IN ('failed', 'rejected')
+              AND o.body->'error'->>'code' LIKE 'dependency.%'))
+) e ORDER BY at, source DESC, id""")
 
 #: The last successful run of each stage (a stage re-run after a crash counts once).
 _TIMINGS = text("""
@@ -62,7 +77,9 @@ def task(conn: Connection, task_id: str) -> dict[str, Any] | None:
 
 
 def events(conn: Connection, task_id: str) -> list[dict[str, Any]]:
-    """The task's events, oldest first."""
+    """The task's events, oldest first: ``source`` (``task_events`` or, for the
+    dispatcher's status changes, ``status_outbox``), ``id`` (in its source), ``stage``,
+    ``event``, ``worker``, ``attempt``, ``at``, ``duration_s``, ``detail``."""
     return [dict(r) for r in conn.execute(_EVENTS, {"t": task_id}).mappings()]
 
 

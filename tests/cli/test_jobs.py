@@ -41,7 +41,11 @@ def test_events_are_the_timeline(cli_stack: CliStack, real_run: RealRun) -> None
     assert names[0] == (None, "admitted")
     for stage in ("preprocess", "gpu", "encode", "upload"):
         assert (stage, "started") in names and (stage, "succeeded") in names
-    assert [e["id"] for e in found] == sorted(e["id"] for e in found)
+    assert [e["at"] for e in found] == sorted(e["at"] for e in found)
+    # the dispatcher's change, told by the status outbox, sits in its place
+    assert [e["event"] for e in found if e["source"] == "status_outbox"] == ["queued"]
+    assert names.index((None, "admitted")) < names.index(("preprocess", "queued")) \
+        < names.index(("preprocess", "started"))
     table = cli_stack.invoke("events", real_run.done).stdout
     assert f"{real_run.done}: {len(found)} events" in table and "succeeded" in table
     missing = cli_stack.invoke("events", "no-such-task")

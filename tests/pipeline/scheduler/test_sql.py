@@ -177,6 +177,27 @@ def test_a_cancel_reason_is_kept_to_500_characters_admitted_or_ahead(jobs: Jobs,
     assert detail["reason"] == kept
 
 
+def test_a_timeline_shows_the_dispatcher_s_changes(jobs: Jobs) -> None:
+    """``sonic-pipeline events``: expired, queued and waiting are told by the status outbox
+    only; the timeline merges them in time order, marked with their source."""
+    from pipeline.console import jobs as timeline
+
+    t = jobs.topic
+    jobs.admit({"task_id": f"{t}-late", "deadline": "2020-01-01T00:00:00+00:00"},
+               {"task_id": f"{t}-first", "ordering_key": f"{t}-k"},
+               {"task_id": f"{t}-second", "ordering_key": f"{t}-k"})
+    with jobs.db.begin() as conn:
+        assert upkeep.expire(conn, t) == [f"{t}-late"]
+    assert [p.task_id for p in picks(jobs, 5)] == [f"{t}-first"]
+    with jobs.db.connect() as conn:
+        late, first, second = (timeline.events(conn, f"{t}-{n}")
+                               for n in ("late", "first", "second"))
+    assert [(e["source"], e["event"], e["detail"].get("code")) for e in late] == [
+        ("status_outbox", "expired", "task.deadline")]
+    assert [(e["event"], e["stage"]) for e in first] == [("queued", "preprocess")]
+    assert [e["event"] for e in second] == ["waiting"]
+
+
 def test_the_trigger_counts_match_the_rows(jobs: Jobs) -> None:
     t = jobs.topic
     jobs.admit(*({"task_id": f"{t}-{i:02d}", "tenant": f"t{i % 3}",
