@@ -277,6 +277,9 @@ def _succeeded(ctx: StageContext, fields: dict[str, Any] | None) -> Result:
                               succeeded_s=duration, **values)
 
     if not _durably(ctx.settings, advance):
+        if lease.stage != "callback" and leases.is_cancelled(ctx.db_engine, lease.task_id):
+            # cancelled after its last check: the cancel wins, the work is thrown away
+            return _stopped(ctx, CancelledWhileRunning(lease.task_id))
         return _lost(ctx, duration)
     metrics.observe_stage(lease.stage, "succeeded", duration, _engine(ctx))
     return Result(StageOutcome.CONTINUE)

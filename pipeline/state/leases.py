@@ -160,8 +160,9 @@ def advance(db_engine: Engine, lease: Lease, next_stage: str | None, *,
 
     ``fields`` are extra columns to set (``status``, ``result_url`` ...). A status only
     moves forward. ``succeeded_s``: record the stage's ``succeeded`` event with that
-    duration (seconds) in the same transaction. False when the lease was lost meanwhile
-    (the outcome is discarded, no event recorded).
+    duration (seconds) in the same transaction. False when the lease was lost meanwhile,
+    or the job was cancelled (ended) while a stage other than the callback ran: the
+    outcome is discarded, no event recorded (:func:`is_cancelled` tells which).
     """
     sets = ["lease_owner = NULL", "lease_stage = NULL", "lease_expires_at = NULL",
             "updated_at = now()"]
@@ -182,12 +183,16 @@ def advance(db_engine: Engine, lease: Lease, next_stage: str | None, *,
     params.update(stage=lease.stage, event_owner=lease.owner, attempt=lease.attempt,
                   duration=succeeded_s, record=succeeded_s is not None,
                   wake=lease.stage == "gpu" or (status is not None and Status(status).final))
+    # A job cancelled (or otherwise ended) while its stage ran is not moved on: the
+    # stage's outcome is discarded (the callback stage alone runs on final jobs).
+    open_only = "" if lease.stage == "callback" else f" AND status NOT IN ({_FINAL})"
     # One statement (one round trip, atomic on its own): the move, its ``succeeded``
     # event, and the dispatcher's wake when a window slot frees (sent at its commit).
     with single_statements(db_engine) as conn:
         row = conn.execute(text(f"""
             WITH moved AS (
-                UPDATE tasks SET {', '.join(sets)} WHERE task_id = :t AND lease_owner = :owner
+                UPDATE tasks SET {', '.join(sets)}
+                WHERE task_id = :t AND lease_owner = :owner{open_only}
                 RETURNING task_id, kafka_topic
             ), succeeded AS (
                 INSERT INTO task_events (task_id, stage, event, worker, attempt, duration_s)
@@ -199,6 +204,13 @@ def advance(db_engine: Engine, lease: Lease, next_stage: str | None, *,
             FROM moved
         """), params).first()
     return row is not None
+
+
+def is_cancelled(db_engine: Engine, task_id: str) -> bool:
+    """Whether the task is ``cancelled`` now."""
+    with db_engine.connect() as conn:
+        return conn.execute(text("SELECT status FROM tasks WHERE task_id = :t"),
+                            {"t": task_id}).scalar() == Status.CANCELLED.value
 
 
 def release(db_engine: Engine, lease: Lease) -> bool:

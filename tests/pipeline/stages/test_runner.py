@@ -185,3 +185,31 @@ def test_a_cancelled_task_stops_at_the_next_heartbeat(fast: Settings, db_engine:
     assert run_stage(fast, db_engine, task_id, "gpu", stage).outcome is StageOutcome.SKIP
     row = task_row(db_engine, task_id)
     assert (row["status"], row["error_code"]) == ("cancelled", "task.cancelled")
+
+
+@pytest.mark.parametrize("stage, fields", [
+    ("preprocess", {}), ("gpu", {"progress": 90.0}), ("encode", {"progress": 95.0}),
+    ("upload", {"status": "completed", "result_url": "https://cdn.example.com/v.mp4"})])
+def test_a_stage_that_ends_after_its_job_was_cancelled_is_thrown_away(
+        fast: Settings, db_engine: Engine, task_id: str, stage: str,
+        fields: dict[str, Any]) -> None:
+    """Cancelled between the stage's last check and its end: no success recorded, the
+    job stays where it was (cancelled, no video), lease and work dir freed."""
+    from pipeline.scheduler.cancel import cancel
+
+    with db_engine.begin() as conn:
+        conn.execute(text("UPDATE tasks SET stage = :s WHERE task_id = :t"),
+                     {"s": stage, "t": task_id})
+
+    def ends_after_the_cancel(ctx: StageContext) -> dict[str, Any]:
+        assert cancel(db_engine, [task_id]) == {task_id: "cancelled_running"}
+        return dict(fields)
+
+    result = run_stage(fast, db_engine, task_id, stage, ends_after_the_cancel)
+    assert result.outcome is StageOutcome.SKIP
+    row = task_row(db_engine, task_id)
+    assert (row["status"], row["stage"], row["result_url"]) == ("cancelled", stage, None)
+    assert row["lease_owner"] is None
+    # the cancel's own event, then the stage's (as when a heartbeat sees the cancel)
+    assert task_events(db_engine, task_id)[-3:] == ["started", "cancelled", "cancelled"]
+    assert not (fast.work_dir / task_id).exists()
