@@ -166,7 +166,7 @@ def create(settings: Settings, as_json: bool) -> int:
 
 
 @click.command(cls=Command)
-@click.option("--older-than", type=float, metavar="S",
+@click.option("--older-than", type=click.FloatRange(min=0), metavar="S",
               help="seconds untouched (default SONIC_WORKDIR_RETENTION_S)")
 @click.option("--dry-run", is_flag=True, help="list, remove nothing")
 @click.pass_obj

@@ -71,7 +71,8 @@ def not_found(task_id: str) -> PipelineError:
 @click.option("--motion-scale", type=float)
 @click.option("--seed", type=int)
 @click.option("--wait", is_flag=True, help="follow the job with a progress bar until final")
-@click.option("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="with --wait: stop waiting after S seconds")
 @json_option
 @click.pass_obj
 def submit(settings: Settings, image: str, audio: str, callback_url: str | None,
@@ -88,6 +89,8 @@ def submit(settings: Settings, image: str, audio: str, callback_url: str | None,
     from pipeline.console import kafka, submit as submitting
     from pipeline.job_ids import is_task_id
 
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout applies to --wait only: add --wait, or drop it")
     if task_id is not None and not is_task_id(task_id):
         click.echo(f"{PROG}: task.invalid_id: not a task id: {task_id[:140]!r} (1 to 128 "
                    "ASCII letters, digits and ._:-, not starting with '.'); nothing was "

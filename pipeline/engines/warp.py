@@ -36,7 +36,8 @@ class FaceWarp:
 
         self.h, self.w = rgb.shape[:2]
         self.device = device
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+        # contiguous and writable (a read-only array makes torch warn on every render)
+        image = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).to(device)
         self.image = image.permute(2, 0, 1).float().div(255).unsqueeze(0)
         x1, y1, x2, y2 = face_box
         self.fw, self.fh = float(x2 - x1), float(y2 - y1)

@@ -93,7 +93,11 @@ def test_without_wait_it_prints_where_the_message_went(cli_stack: CliStack) -> N
 def test_bad_options_are_usage_errors(cli_stack: CliStack) -> None:
     for args in (["submit", "--image", "a.jpg"], ["submit", "--image", "a", "--audio", "b",
                                                  "--priority", "12"],
-                 ["list", "--status", "nope"], ["list", "--since", "yesterday-ish"]):
+                 ["list", "--status", "nope"], ["list", "--since", "yesterday-ish"],
+                 ["submit", "--image", "a", "--audio", "b", "--wait", "--timeout", "-5"],
+                 ["submit", "--image", "a", "--audio", "b", "--wait", "--timeout", "0"],
+                 ["submit", "--image", "a", "--audio", "b", "--timeout", "3"],
+                 ["housekeeping", "--older-than", "-5"]):
         result = cli_stack.invoke(*args)
         assert result.exit_code == 2, (args, result.output)
 
