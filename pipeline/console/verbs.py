@@ -55,6 +55,21 @@ def not_found(task_id: str) -> PipelineError:
     return PipelineError(f"no task {task_id!r} in the tasks table", code="task.not_found")
 
 
+def refused_ids(task_ids: tuple[str, ...] | list[str], nothing: str = "") -> int | None:
+    """Exit 2 (printed as ``task.invalid_id``) when an id cannot be a task id
+    (:func:`pipeline.job_ids.is_task_id`), before anything reads or writes; else None.
+    ``nothing``: what was therefore not done (``"cancelled"``, ...)."""
+    from pipeline.job_ids import is_task_id
+
+    bad = [t for t in task_ids if not is_task_id(t)]
+    if not bad:
+        return None
+    click.echo(f"{PROG}: task.invalid_id: not a task id: {bad[0][:140]!r} (1 to 128 ASCII "
+               "letters, digits and ._:-, not starting with '.')"
+               + (f"; nothing was {nothing}" if nothing else ""), err=True)
+    return EXIT_USAGE
+
+
 # --- submit ---------------------------------------------------------------------------------
 @click.command(cls=Command)
 @click.option("--image", required=True, help="portrait: a local file (uploaded) or a URL")
@@ -87,14 +102,10 @@ def submit(settings: Settings, image: str, audio: str, callback_url: str | None,
     "audio_url"}; with --wait, the result URL or the error once the job is final (exit 0
     completed, 1 otherwise)."""
     from pipeline.console import kafka, submit as submitting
-    from pipeline.job_ids import is_task_id
 
     if timeout is not None and not wait:
         raise click.UsageError("--timeout applies to --wait only: add --wait, or drop it")
-    if task_id is not None and not is_task_id(task_id):
-        click.echo(f"{PROG}: task.invalid_id: not a task id: {task_id[:140]!r} (1 to 128 "
-                   "ASCII letters, digits and ._:-, not starting with '.'); nothing was "
-                   "uploaded or sent", err=True)
+    if task_id is not None and refused_ids([task_id], "uploaded or sent"):
         return EXIT_USAGE
     task_id = task_id or submitting.new_task_id()
     knobs = {"min_resolution": min_resolution, "inference_steps": inference_steps,
@@ -158,8 +169,12 @@ def _wait(settings: Settings, task_id: str, timeout: float | None, as_json: bool
 @click.pass_obj
 def status(settings: Settings, task_id: str, as_json: bool) -> int:
     """Where a job is: unknown, waiting (on what), queued (position), running (stage,
-    percent, worker) or final (error or result, seconds per stage). Exit 1 when unknown."""
+    percent, worker) or final (error or result, seconds per stage). Exit 1 when unknown,
+    2 for a malformed id (task.invalid_id)."""
     from pipeline.console import status as describing
+
+    if refused_ids([task_id]):
+        return EXIT_USAGE
 
     with reading(settings) as conn:
         info = describing.describe(conn, task_id)
@@ -177,6 +192,9 @@ def show(settings: Settings, task_id: str) -> int:
     """A task's row and its events, as JSON."""
     from pipeline.state.queries import task_with_events
 
+    if refused_ids([task_id]):
+        return EXIT_USAGE
+
     with reaching_postgres(settings):
         found = task_with_events(settings, task_id)
     if found is None:
@@ -191,6 +209,8 @@ def show(settings: Settings, task_id: str) -> int:
 @click.pass_obj
 def events(settings: Settings, task_id: str, as_json: bool) -> int:
     """A job's timeline: every event, with the time since the first."""
+    if refused_ids([task_id]):
+        return EXIT_USAGE
     with reading(settings) as conn:
         if jobs.task(conn, task_id) is None:
             raise not_found(task_id)
@@ -289,14 +309,9 @@ def cancel(settings: Settings, task_ids: tuple[str, ...], reason: str) -> int:
     are; an id not admitted yet is cancelled ahead: its message, when it comes, never
     runs); prints {task_id: outcome} as JSON. Exit 2 for a malformed id (nothing is
     cancelled)."""
-    from pipeline.job_ids import is_task_id
     from pipeline.scheduler.cancel import REASON_MAX, cancel_ahead
 
-    bad = [t for t in task_ids if not is_task_id(t)]
-    if bad:
-        click.echo(f"{PROG}: task.invalid_id: not a task id: {bad[0][:140]!r} (1 to 128 "
-                   "ASCII letters, digits and ._:-, not starting with '.'); nothing was "
-                   "cancelled", err=True)
+    if refused_ids(task_ids, "cancelled"):
         return EXIT_USAGE
     if len(reason) > REASON_MAX:
         click.echo(f"{PROG}: the reason is cut to its first {REASON_MAX} characters "
@@ -316,6 +331,9 @@ def retry(settings: Settings, task_id: str, force: bool, as_json: bool) -> int:
     """Run a finished job again as a new task <id>.retry<n>, linked to the old one
     (retry_of in the message and its metadata)."""
     from pipeline.console import kafka, retry as retrying, submit as submitting
+
+    if refused_ids([task_id]):
+        return EXIT_USAGE
 
     with reading(settings) as conn:
         row = jobs.task(conn, task_id)

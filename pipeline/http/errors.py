@@ -19,6 +19,11 @@ from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
+#: pydantic's error types for a number outside its bounds (message.out_of_range, as the
+#: door says for a knob out of range).
+_OUT_OF_RANGE = frozenset({"greater_than", "greater_than_equal", "less_than",
+                           "less_than_equal"})
+
 #: HTTP status per error code (prefix match on the part before the dot as a fallback).
 STATUS_OF: dict[str, int] = {
     "auth.unauthorized": 401,
@@ -79,6 +84,8 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
         if first.get("type") == "missing":
             return answer(400, "message.missing_field", f"field {where!r} is required")
+        if first.get("type") in _OUT_OF_RANGE:  # the right type, outside its bounds
+            return answer(400, "message.out_of_range", f"field {where!r}: {first.get('msg')}")
         return answer(400, "message.wrong_type", f"field {where!r}: {first.get('msg')}")
 
     @app.exception_handler(StarletteHTTPException)

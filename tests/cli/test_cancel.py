@@ -92,3 +92,17 @@ def test_a_reason_over_500_characters_is_cut_and_the_user_told(
     assert json.loads(proc.stdout) == {task_id: "cancelled_before_admission"}
     assert "the reason is cut to its first 500 characters (it has 600)" in proc.stderr
     assert case.rows()[task_id]["error_message"] == "x" * 500
+
+
+@pytest.mark.parametrize("verb", ["status", "show", "events", "retry"])
+def test_every_verb_answers_a_malformed_id_as_cancel_does(make_case: Callable[..., Case],
+                                                           verb: str) -> None:
+    case = make_case(partitions=1)
+    for bad in ("../etc", ".hidden", "a" * 129, "sp ace"):
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", verb, bad],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, **case.env))
+        assert proc.returncode == 2, (verb, bad, proc.stderr)
+        assert proc.stderr.startswith("sonic-pipeline: task.invalid_id: not a task id"), \
+            proc.stderr
+        assert proc.stdout == "" and "Traceback" not in proc.stderr

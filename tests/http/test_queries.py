@@ -53,6 +53,19 @@ def test_a_malformed_id_in_the_path_is_400_never_a_500(http_stack: HttpStack) ->
                 assert "not a task id" in answer.json()["error"]["message"]
 
 
+def test_a_number_out_of_its_range_is_out_of_range_and_a_word_a_wrong_type(
+        http_stack: HttpStack) -> None:
+    with http_stack.client("acme") as acme:
+        for query, code in (("limit=0", "message.out_of_range"),
+                            ("limit=100000000", "message.out_of_range"),
+                            ("limit=-1", "message.out_of_range"),
+                            ("limit=many", "message.wrong_type")):
+            answer = acme.get(f"/v1/tasks?{query}")
+            assert answer.status_code == 400, (query, answer.text)
+            assert answer.json()["error"]["code"] == code, (query, answer.text)
+            assert "'limit'" in answer.json()["error"]["message"]
+
+
 def test_unknown_jobs_are_404_and_a_video_not_made_yet_is_409(http_stack: HttpStack) -> None:
     with http_stack.client("acme") as acme:
         for task_id in ("no-such-task", "x" * 120, "a.b:c-d"):
