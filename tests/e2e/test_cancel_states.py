@@ -93,8 +93,15 @@ def test_queued_running_and_completed(flow: Flow, long_speech: Path) -> None:
         row = flow.row(task_id)
         return row["stage"] == "gpu" and row["lease_owner"] is None
 
-    flow.wait(lambda: preprocessed(queued) and preprocessed(nxt), 90,
-              "two jobs preprocessed, waiting for the gpu")
+    try:
+        flow.wait(lambda: preprocessed(queued) and preprocessed(nxt), 90,
+                  "two jobs preprocessed, waiting for the gpu")
+    except AssertionError as exc:  # say where each job was, and what it went through
+        where = {t: ({k: flow.row(t)[k] for k in ("status", "stage", "lease_owner",
+                                                  "attempts", "error_code")}
+                     if flow.status(t) else None, flow.events(t))
+                 for t in (blocker, queued, nxt, backlog)}
+        raise AssertionError(f"{exc}\n{where}") from None
     assert flow.status(backlog) == "received"
     assert flow.gpu_holder() == blocker
 

@@ -71,6 +71,11 @@ def test_a_connection_idle_past_the_limit_is_pinged_and_a_dead_one_replaced(
         second = _backend_pid(db_engine)  # no error: the ping found it dead
         assert second != first
         assert len(pings) == 1
+        # a pinged connection is handed out idle: a single-statement user can take it
+        time.sleep(idle_s + 0.05)
+        with single_statements(db_engine) as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == second
+        assert len(pings) == 2
     finally:
         db_engine.dispose()
 
