@@ -33,7 +33,7 @@ def flow(e2e: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]
 def long_speech(e2e: Stack) -> Path:
     return speak(e2e.inputs / "cancel-long.wav",
                  "This sentence is long on purpose, so that the gpu stage runs for a while "
-                 "and can be cancelled in the middle of it. " * 2)
+                 "and can be cancelled in the middle of it. " * 8)
 
 
 def work_events(flow: Flow, task_id: str) -> list[tuple[str | None, str]]:

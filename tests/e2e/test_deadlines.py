@@ -30,7 +30,7 @@ def flow(e2e: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flow]
 def long_speech(e2e: Stack) -> Path:
     return speak(e2e.inputs / "deadline-long.wav",
                  "This sentence is long on purpose, so that the gpu stays busy while other "
-                 "jobs wait for it and run out of time. " * 2)
+                 "jobs wait for it and run out of time. " * 8)
 
 
 def iso(delta_s: float) -> str:
