@@ -27,6 +27,13 @@ BOM = b"\xef\xbb\xbf"
 _TOKEN = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"|[{}\[\]:,]|\s+|[^"\'{}\[\]:,\s]+')
 
 
+def not_a_task_id(value: str) -> str:
+    """The message of ``task.invalid_id`` for ``value`` (cut to 140 characters), with the
+    rule, for every place that refuses one (CLI verbs, the HTTP service)."""
+    return (f"not a task id: {value[:140]!r} (1 to 128 ASCII letters, digits and ._:-, "
+            "not starting with '.')")
+
+
 def is_task_id(value: object) -> bool:
     """True for a string that is a valid task id (see the module docstring)."""
     return isinstance(value, str) and _TASK_ID.fullmatch(value) is not None

@@ -59,13 +59,12 @@ def refused_ids(task_ids: tuple[str, ...] | list[str], nothing: str = "") -> int
     """Exit 2 (printed as ``task.invalid_id``) when an id cannot be a task id
     (:func:`pipeline.job_ids.is_task_id`), before anything reads or writes; else None.
     ``nothing``: what was therefore not done (``"cancelled"``, ...)."""
-    from pipeline.job_ids import is_task_id
+    from pipeline.job_ids import is_task_id, not_a_task_id
 
     bad = [t for t in task_ids if not is_task_id(t)]
     if not bad:
         return None
-    click.echo(f"{PROG}: task.invalid_id: not a task id: {bad[0][:140]!r} (1 to 128 ASCII "
-               "letters, digits and ._:-, not starting with '.')"
+    click.echo(f"{PROG}: task.invalid_id: {not_a_task_id(bad[0])}"
                + (f"; nothing was {nothing}" if nothing else ""), err=True)
     return EXIT_USAGE
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Uplo
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from pipeline.errors import PipelineError, ServiceUnavailable
-from pipeline.job_ids import is_task_id
+from pipeline.job_ids import is_task_id, not_a_task_id
 from pipeline.state.status import Status
 from pipeline.storage import LocalStore
 
@@ -41,8 +41,7 @@ def _task_id(task_id: str) -> str:
     """``task_id`` from the path when it can be a task id (:func:`is_task_id`), else 400
     ``task.invalid_id`` (a NUL byte or a 2,000-character id never reaches the database)."""
     if not is_task_id(task_id):
-        raise ApiError(400, "task.invalid_id", f"not a task id: {task_id[:140]!r} (1 to 128 "
-                       "ASCII letters, digits and ._:-, not starting with '.')")
+        raise ApiError(400, "task.invalid_id", not_a_task_id(task_id))
     return task_id
 
 
